@@ -1,0 +1,79 @@
+"""The `self-instruct` flow: seeds → vLLM → filters → ROUGE-L dedup → Alpaca dataset.
+
+Each round of requests is one Prefect task (never one task per record); the run directory, not Prefect's
+result storage, holds the data, so a failed or cancelled flow run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from pipeline import report
+from pipeline.config import GenerationConfig
+from pipeline.export import ExportResult, export_run
+from pipeline.generate import GenerationRun, RoundResult, llm_endpoints, mark_status, run_rounds
+from pipeline.server import ManagedServer
+
+
+@task(name="generate-round", cache_policy=NONE)
+def generate_round(run: GenerationRun, base_urls: list[str], server: ManagedServer | None) -> RoundResult:
+    result = run_rounds(run, base_urls, server, max_requests=run.config.round_size)
+    get_run_logger().info("%d/%d accepted after %d requests (%s)", result.accepted, run.config.target, result.next_request_index, result.reason)
+    return result
+
+
+@task(name="export-dataset", cache_policy=NONE)
+def export_dataset(config: GenerationConfig) -> ExportResult:
+    return export_run(config.run_dir, config.export.hf_dataset, config.export.charts, config.export.sample_rows)
+
+
+@flow(name="self-instruct", log_prints=True)
+def self_instruct(config: GenerationConfig = GenerationConfig()) -> dict:
+    """Generate an Alpaca-style dataset from seed tasks; rerunning the same run_name resumes it."""
+    logger = get_run_logger()
+    progress = report.Progress(f"{config.run_name}-progress", f"Accepted records of {config.run_name} toward {config.target}")
+    run = GenerationRun(config, on_progress=lambda counts: progress.update(counts.percent)).open()
+    try:
+        try:
+            if not run.finished:
+                with llm_endpoints(config) as (base_urls, server):
+                    while not run.finished:
+                        generate_round(run, base_urls, server)
+        except BaseException as exc:
+            mark_status(run, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        mark_status(run, "completed" if run.target_reached else "incomplete")
+    finally:
+        run.close()
+    progress.update(100.0)
+    exported = export_dataset(config)
+    report.publish_dataset_artifacts(config.run_name, run.store.meta, exported)
+    logger.info("dataset: %s (%d records)", exported.alpaca_json, exported.stats.records)
+    result = {
+        "run_dir": str(config.run_dir),
+        "alpaca_json": str(exported.alpaca_json),
+        "hf_dataset": str(exported.hf_dataset) if exported.hf_dataset else None,
+        "records": exported.stats.records,
+    }
+    if config.train_deployment:
+        result["train_flow_run"] = start_training(config)
+    return result
+
+
+def start_training(config: GenerationConfig) -> str:
+    """Hand the finished dataset to the train-alpaca deployment without waiting for it."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        name=config.train_deployment,
+        parameters={"config": {"dataset": str(config.run_dir.resolve())}},
+        timeout=0,
+        as_subflow=False,
+    )
+    get_run_logger().info("started %s: flow run %s", config.train_deployment, flow_run.id)
+    return str(flow_run.id)
+
+
+if __name__ == "__main__":
+    self_instruct()

