@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -97,7 +96,7 @@ class LLMClient:
         if not urls:
             raise ValueError("LLMClient needs at least one base URL")
         self.config = config
-        timeout = httpx.Timeout(config.request_timeout_s, connect=min(10.0, config.request_timeout_s))
+        timeout = openai.Timeout(config.request_timeout_s, connect=min(10.0, config.request_timeout_s))
         self.endpoints = [
             Endpoint(
                 url=url,
@@ -232,7 +231,7 @@ class LLMClient:
                 kind = "connection_error"
                 last_error = f"cannot connect to {endpoint.url}: {_root_cause(exc)}"
                 self._mark_failure(endpoint)
-            except (json.JSONDecodeError, ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.HTTPError) as exc:
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 # A truncated or malformed HTTP body: the server's answer is lost, so ask again.
                 kind = "bad_response"
                 last_error = f"unreadable response from {endpoint.url}: {type(exc).__name__}: {exc}"

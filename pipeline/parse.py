@@ -60,16 +60,22 @@ def parse_structured(text: str, finish_reason: str) -> ParseResult:
 
 
 _FIELD_RE = re.compile(
-    r"^\s*(?:\d+\s*[.)]\s*)?(instruction|input|output)\s*:\s*", re.IGNORECASE | re.MULTILINE
+    # The trailing [ \t]* must not run into the next line: after an empty "Input:", an indented "Output:" label
+    # on the next line would no longer start at ^ and be swallowed into the input.
+    r"^\s*(?:\d+\s*[.)]\s*)?(instruction|input|output)\s*:[ \t]*", re.IGNORECASE | re.MULTILINE
 )
 
 
 def parse_text(text: str, finish_reason: str) -> ParseResult:
     """Parse numbered Instruction/Input/Output blocks."""
-    blocks = [b for b in re.split(r"^\s*#{3,}\s*$", text, flags=re.MULTILINE) if b.strip()]
-    # Without ### separators, a new block starts at every "Instruction:" label.
-    if len(blocks) <= 1:
-        blocks = [b for b in re.split(r"(?=^\s*(?:\d+\s*[.)]\s*)?instruction\s*:)", text, flags=re.IGNORECASE | re.MULTILINE) if b.strip()]
+    # A block ends at a ### line and, where a separator is missing, at the next "Instruction:" label. (Splitting
+    # each ###-chunk rather than falling back to the raw text keeps a lone task's trailing "###" out of its output.)
+    blocks = [
+        b
+        for chunk in re.split(r"^\s*#{3,}\s*$", text, flags=re.MULTILINE)
+        for b in re.split(r"(?=^\s*(?:\d+\s*[.)]\s*)?instruction\s*:)", chunk, flags=re.IGNORECASE | re.MULTILINE)
+        if b.strip()
+    ]
     candidates: list[Candidate] = []
     failures: list[ParseFailure] = []
     for position, block in enumerate(blocks):
@@ -78,9 +84,10 @@ def parse_text(text: str, finish_reason: str) -> ParseResult:
         if is_last and finish_reason == "length":
             failures.append(ParseFailure("truncated", "last task cut off by the token limit"))
             continue
+        if not fields:
+            continue  # chatter without any label ("Here are 10 tasks:", "Hope this helps!") holds no task
         if "instruction" not in fields or "output" not in fields:
-            if fields or block.strip():
-                failures.append(ParseFailure("parse_error", f"block {position + 1}: missing instruction or output"))
+            failures.append(ParseFailure("parse_error", f"block {position + 1}: missing instruction or output"))
             continue
         candidates.append(Candidate(fields["instruction"], _clean_input(fields.get("input", "")), fields["output"]))
     if not candidates and not failures:

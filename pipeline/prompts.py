@@ -17,6 +17,7 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import PROJECT_ROOT
+from pipeline.config import ConfigError
 from pipeline.seeds import SeedTask
 
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
@@ -98,7 +99,7 @@ class PromptBuilder:
         response_mode: str,
     ):
         if num_examples > len(seeds):
-            raise ValueError(f"num_seed_examples={num_examples} but the seed file has only {len(seeds)} tasks")
+            raise ConfigError(f"num_seed_examples: {num_examples} but the seed file has only {len(seeds)} tasks")
         self.template_path = template_path
         self.template_text = template_path.read_text(encoding="utf-8")
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)

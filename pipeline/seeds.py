@@ -86,7 +86,9 @@ def load_seeds(path: str | Path) -> list[SeedTask]:
 
     tasks: list[SeedTask] = []
     first_line_of_id: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold a raw U+2028/U+0085/\x0c, which splitlines() would
+    # treat as line breaks (breaking valid lines and shifting every later line number).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         if len(line.encode("utf-8")) > MAX_LINE_BYTES:

