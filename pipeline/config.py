@@ -22,9 +22,11 @@ DEFAULT_BLACKLIST_EN = [
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
     "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 ]
+#: Korean nouns take particles, so these match as substrings; ambiguous stems are listed with their particle
+#: ("지도를", not "지도", which would also drop 지도자 "leader"; "그림을", not "그림", which would drop 그림자 "shadow").
 DEFAULT_BLACKLIST_KO = [
-    "이미지", "그림", "사진", "그래프", "파일", "지도", "동영상", "영상", "오디오", "음악", "음성 파일",
-    "순서도", "다이어그램", "도표를 그",
+    "이미지", "사진", "그래프", "파일", "동영상", "영상을", "영상으로", "오디오", "음악", "녹음", "순서도",
+    "다이어그램", "도표", "그림을", "그림으로", "그림에", "지도를", "지도에", "지도로",
 ]
 
 

@@ -60,7 +60,7 @@ class WordCountFilter(Filter):
 class BlacklistFilter(Filter):
     """Drops instructions mentioning things a text-only model cannot do (images, audio, ...).
 
-    Latin-script words match on word boundaries; other scripts (Korean attaches particles to nouns) match as substrings.
+    Latin-script words match where no Latin letter or digit touches them; other scripts (Korean attaches particles to nouns) match as substrings.
     """
 
     name = "blacklist"
@@ -71,7 +71,9 @@ class BlacklistFilter(Filter):
             if not word.strip():
                 continue
             if word.isascii():
-                pattern = re.compile(r"\b" + r"\s+".join(map(re.escape, word.split())) + r"\b", re.IGNORECASE)
+                # Latin letters around the word, not \b: "image를" (Korean particle attached) must match too.
+                body = r"\s+".join(map(re.escape, word.split()))
+                pattern = re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
             else:
                 pattern = re.compile(re.escape(word))
             self.patterns.append((word, pattern))

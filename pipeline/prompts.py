@@ -112,6 +112,10 @@ class PromptBuilder:
         self.num_examples = num_examples
         self.num_tasks = num_tasks
         self.response_mode = response_mode
+        try:  # fail now, not mid-run after the run directory exists: e.g. {{ undefined_name }} under StrictUndefined
+            self.render(0)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{template_path}: template cannot be rendered: {exc}") from exc
 
     def render(self, index: int) -> RenderedPrompt:
         rng = random.Random(derive_seed(self.run_seed, index, "examples"))

@@ -1,0 +1,71 @@
+"""The `self-instruct` Prefect flow under the Prefect test harness, against the real vLLM CPU server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.test_generate_vllm import make_config, read_lines
+
+pytestmark = [pytest.mark.vllm, pytest.mark.prefect]
+
+
+async def _artifacts(prefix: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+
+
+async def _task_run_names(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.name for r in runs]
+
+
+def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server, tiny_llama, tmp_path, prefect_harness):
+    from flows.self_instruct import self_instruct
+
+    config = make_config(tmp_path, [vllm_server.base_url], str(tiny_llama), run_name="flowrun", target=20)
+    state = self_instruct(config, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    run_dir = config.run_dir
+    accepted = read_lines(run_dir / "accepted.jsonl")
+    assert result["records"] == len(accepted) >= 20
+    assert len(json.loads((run_dir / "alpaca_data.json").read_text())) == len(accepted)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed"
+
+    # Coarse tasks: one per round of requests plus the export, never one per record.
+    names = asyncio.run(_task_run_names(state.state_details.flow_run_id))
+    rounds = [n for n in names if n.startswith("generate-round")]
+    assert len(rounds) == -(-meta["counts"]["requests"] // config.round_size)
+    assert len(names) < len(accepted)
+    assert any(n.startswith("export-dataset") for n in names)
+
+    artifacts = {a.key: a for a in asyncio.run(_artifacts("flowrun-%"))}
+    for key in ("flowrun-summary", "flowrun-samples", "flowrun-rejected", "flowrun-rejection-reasons",
+                "flowrun-lengths", "flowrun-leading-verbs", "flowrun-dataset", "flowrun-progress"):
+        assert key in artifacts, f"missing artifact {key}; have {sorted(artifacts)}"
+    assert float(artifacts["flowrun-progress"].data) == 100.0
+    summary = artifacts["flowrun-summary"].data
+    assert f"| accepted records | {len(accepted)} |" in summary
+    assert "completion tokens/s" in summary
+    samples = artifacts["flowrun-samples"].data
+    samples = json.loads(samples) if isinstance(samples, str) else samples
+    assert samples and {"instruction", "input", "output"} <= set(samples[0])
+    assert {s["instruction"] for s in samples} <= {r["instruction"] for r in accepted}
+
+    # Running the flow again resumes: the run is complete, nothing is duplicated.
+    before = (run_dir / "accepted.jsonl").read_bytes()
+    again = self_instruct(config, return_state=True)
+    assert again.is_completed()
+    assert (run_dir / "accepted.jsonl").read_bytes() == before
+    assert again.result()["records"] == len(accepted)

@@ -1,0 +1,244 @@
+"""RunStore: commit points, recovery of uncommitted bytes, locking, atomic run.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline import PROJECT_ROOT
+from pipeline.store import (
+    ACCEPTED,
+    LOCK,
+    REJECTED,
+    RUN_JSON,
+    RunDirectoryError,
+    RunLockedError,
+    RunStore,
+    write_json_atomic,
+)
+
+A1 = {"instruction": "Name a colour.", "output": "Red"}
+A2 = {"instruction": "Name a fruit.", "output": "Apple", "note": "사과"}
+R1 = {"reason": "too_short", "instruction": "Hi."}
+
+
+def committed_store(run_dir) -> dict:
+    with RunStore(run_dir) as store:
+        store.append([A1, A2], [R1])
+        store.commit(5, counts={"accepted": 2})
+        return json.loads((run_dir / RUN_JSON).read_text())
+
+
+def test_new_directory(tmp_path):
+    run_dir = tmp_path / "a" / "run"
+    store = RunStore(run_dir)
+    assert store.open() == {}
+    assert store.resumed is False
+    store.close()
+    assert (run_dir / ACCEPTED).read_bytes() == b""
+    assert (run_dir / LOCK).read_bytes() == b""  # released lock leaves no holder behind
+
+
+def test_commit_then_reopen_returns_committed_meta(tmp_path):
+    meta = committed_store(tmp_path)
+    progress = meta["progress"]
+    assert progress["next_request_index"] == 5
+    assert progress["accepted_bytes"] == (tmp_path / ACCEPTED).stat().st_size > 0
+    assert progress["rejected_bytes"] == (tmp_path / REJECTED).stat().st_size > 0
+    with RunStore(tmp_path) as store:
+        assert store.resumed is True
+        assert store.meta == meta
+        assert list(store.accepted_records()) == [A1, A2]
+        assert list(store.rejected_records()) == [R1]
+
+
+def test_open_returns_a_copy(tmp_path):
+    committed_store(tmp_path)
+    store = RunStore(tmp_path)
+    meta = store.open()
+    meta["counts"]["accepted"] = 99
+    assert store.meta["counts"]["accepted"] == 2
+    store.close()
+
+
+def test_commit_after_reopen_without_appends_keeps_lengths(tmp_path):
+    committed_store(tmp_path)
+    size = (tmp_path / ACCEPTED).stat().st_size
+    with RunStore(tmp_path) as store:
+        store.commit(6)
+        assert store.meta["progress"]["accepted_bytes"] == size
+        assert store.meta["counts"] == {"accepted": 2}  # sections not passed are kept
+
+
+def test_update_meta_does_not_move_commit_point(tmp_path):
+    committed_store(tmp_path)
+    with RunStore(tmp_path) as store:
+        store.append([A1], [])
+        store.update_meta(status="failed")
+    with RunStore(tmp_path) as store:
+        assert store.meta["status"] == "failed"
+        assert list(store.accepted_records()) == [A1, A2]
+
+
+def test_uncommitted_bytes_are_truncated(tmp_path, caplog):
+    committed_store(tmp_path)
+    committed_acc = (tmp_path / ACCEPTED).read_bytes()
+    committed_rej = (tmp_path / REJECTED).read_bytes()
+    with open(tmp_path / ACCEPTED, "ab") as f:
+        f.write(b'{"instruction": "extra full line", "output": "x"}\n{"instruction": "torn par')
+    with open(tmp_path / REJECTED, "ab") as f:
+        f.write(json.dumps(R1).encode() + b"\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+        with RunStore(tmp_path) as store:
+            assert list(store.accepted_records()) == [A1, A2]
+            store.append([A1], [])
+            store.commit(6)
+    assert "uncommitted bytes" in caplog.text
+    assert (tmp_path / ACCEPTED).read_bytes() == committed_acc + json.dumps(A1).encode() + b"\n"
+    assert (tmp_path / REJECTED).read_bytes() == committed_rej
+
+
+def test_append_without_commit_is_lost_on_reopen(tmp_path):
+    committed_store(tmp_path)
+    store = RunStore(tmp_path)
+    store.open()
+    store.append([{"instruction": "lost"}], [{"reason": "lost"}])
+    store.close()  # no commit: the records after the commit point are redone on resume
+    with RunStore(tmp_path) as store:
+        assert list(store.accepted_records()) == [A1, A2]
+        assert list(store.rejected_records()) == [R1]
+
+
+def test_file_shorter_than_committed_raises(tmp_path):
+    committed_store(tmp_path)
+    data = (tmp_path / ACCEPTED).read_bytes()
+    (tmp_path / ACCEPTED).write_bytes(data[:-3])
+    with pytest.raises(RunDirectoryError, match="committed"):
+        RunStore(tmp_path).open()
+    # The failed open released its lock: once repaired, the directory opens again in this process.
+    (tmp_path / ACCEPTED).write_bytes(data)
+    with RunStore(tmp_path) as store:
+        assert list(store.accepted_records()) == [A1, A2]
+
+
+def test_unreadable_run_json_raises(tmp_path):
+    committed_store(tmp_path)
+    (tmp_path / RUN_JSON).write_text("{not json")
+    with pytest.raises(RunDirectoryError, match="unreadable"):
+        RunStore(tmp_path).open()
+    (tmp_path / RUN_JSON).unlink()
+    RunStore(tmp_path).open()  # not locked by the failed attempt
+
+
+def test_output_path_under_a_file_is_not_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="not writable"):
+        RunStore(tmp_path / "file" / "run").open()
+
+
+def test_second_store_in_same_process_is_locked(tmp_path):
+    first = RunStore(tmp_path)
+    first.open()
+    try:
+        with pytest.raises(RunLockedError) as info:
+            RunStore(tmp_path).open()
+        assert f"pid={os.getpid()}" in str(info.value)
+    finally:
+        first.close()
+    with RunStore(tmp_path):
+        pass  # free again after close
+
+
+def test_lock_held_by_another_process(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pipeline.store import RunStore
+        store = RunStore({str(tmp_path)!r})
+        store.open()
+        print("locked", flush=True)
+        sys.stdin.read()  # hold the lock until the test closes stdin
+        store.close()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError) as info:
+            RunStore(tmp_path).open()
+        assert f"pid={proc.pid}" in str(info.value)
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    with RunStore(tmp_path):
+        pass  # released when the other process closed it
+
+
+def test_lock_of_killed_process_is_taken_over(tmp_path, caplog):
+    code = f"from pipeline.store import RunStore; import os; RunStore({str(tmp_path)!r}).open(); print(os.getpid(), flush=True); os._exit(0)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    dead = int(out.stdout.strip())
+    assert (tmp_path / LOCK).read_text().startswith(f"pid={dead} ")  # a crash leaves the holder's line behind
+    with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+        with RunStore(tmp_path):
+            assert (tmp_path / LOCK).read_text().startswith(f"pid={os.getpid()} ")
+    assert "stale lock" in caplog.text and f"pid={dead}" in caplog.text
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_lock_file_is_taken_over_with_warning(tmp_path, caplog):
+    pid = dead_pid()
+    (tmp_path / LOCK).write_text(f"pid={pid} host=x\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+        store = RunStore(tmp_path)
+        store.open()
+    try:
+        records = [r for r in caplog.records if r.name == "pipeline.store" and "stale lock" in r.getMessage()]
+        assert len(records) == 1 and f"pid={pid} host=x" in records[0].getMessage()
+        assert (tmp_path / LOCK).read_text().startswith(f"pid={os.getpid()} host=")
+    finally:
+        store.close()
+
+
+def test_no_warning_without_previous_holder(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+        with RunStore(tmp_path):
+            pass
+        with RunStore(tmp_path):
+            pass
+    assert "stale" not in caplog.text
+
+
+def test_write_json_atomic_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"a": 1, "k": "한글"})
+    write_json_atomic(path, {"a": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": 2}
+
+
+def test_write_json_atomic_failure_keeps_old_file(tmp_path):
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_commit_leaves_no_temp_files(tmp_path):
+    committed_store(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ACCEPTED, REJECTED, RUN_JSON, LOCK])
