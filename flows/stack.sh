@@ -52,7 +52,7 @@ up() {
   else
     log "starting Prefect server on 127.0.0.1:$PORT (PREFECT_HOME=$PREFECT_HOME)"
     setsid prefect server start --host 127.0.0.1 --port "$PORT" >"$RUN_DIR/server.log" 2>&1 < /dev/null &
-    echo $! >"$RUN_DIR/server.pid"
+    echo $! >"$RUN_DIR/server.pid"; disown
   fi
   wait_for_api
   prefect work-pool inspect "$POOL" >/dev/null 2>&1 || prefect work-pool create "$POOL" --type process >/dev/null
@@ -61,7 +61,7 @@ up() {
   if ! alive "$RUN_DIR/worker.pid"; then
     log "starting a worker for pool $POOL"
     setsid prefect worker start --pool "$POOL" --name "$(hostname)-selfinstruct" >"$RUN_DIR/worker.log" 2>&1 < /dev/null &
-    echo $! >"$RUN_DIR/worker.pid"
+    echo $! >"$RUN_DIR/worker.pid"; disown
   fi
   log "deploying flows/prefect.yaml"
   prefect --no-prompt deploy --all --prefect-file flows/prefect.yaml >"$RUN_DIR/deploy.log" 2>&1 \
@@ -77,13 +77,14 @@ down() {
 }
 
 demo() {
-  local started=0 model=outputs/_models/tiny-llama
+  local model=outputs/_models/tiny-llama
+  STARTED_STACK=0
   if [ ! -f "$model/config.json" ]; then
     log "building the tiny demo model in $model"
     selfinstruct make-tiny-model "$model" --arch llama >/dev/null
   fi
-  if ! alive "$RUN_DIR/server.pid"; then started=1; fi
-  trap 'if [ $started = 1 ]; then down; fi' EXIT
+  if ! alive "$RUN_DIR/server.pid"; then STARTED_STACK=1; fi
+  trap 'if [ "$STARTED_STACK" = 1 ]; then down; fi' EXIT
   up >/dev/null
   prefect deployment run self-instruct/demo --watch
   log "dataset: $ROOT/outputs/demo/alpaca_data.json ($(python -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' outputs/demo/alpaca_data.json) records)"
