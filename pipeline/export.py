@@ -76,9 +76,9 @@ def _length_summary(values: Sequence[int]) -> dict[str, float]:
 
 
 def _kiwi():
-    from pipeline.dedup import _get_kiwi  # shared lazy singleton: Kiwi takes seconds to load
+    from pipeline.dedup import get_kiwi  # shared lazy singleton: Kiwi takes seconds to load
 
-    return _get_kiwi()
+    return get_kiwi()
 
 
 def verb_and_object(instruction: str, language: str) -> tuple[str | None, str | None]:

@@ -1,0 +1,575 @@
+"""Exact ROUGE-L near-duplicate filtering in near-linear time.
+
+Stanford Alpaca keeps a generated instruction only if its ROUGE-L F-measure against every instruction kept so far
+(seeds included) is at most ``threshold``; it scores every pair with ``rouge_score.rouge_scorer._score_lcs``, which is
+quadratic in the number of kept items. :class:`RougeDedup` makes the same keep/reject decisions, bit for bit, but
+only runs the LCS on pairs that can possibly exceed the threshold:
+
+* **length filter**: an LCS never exceeds the shorter sequence, so only lengths ``m`` where ``F(min(m, n), m, n)`` can
+  exceed the threshold are looked at;
+* **prefix filter** (AllPairs/PPJoin): ``LCS <= multiset overlap``, so a match must share at least ``k`` token
+  occurrences with the ``n - alpha + k`` rarest of the new item, ``alpha`` being the least LCS that exceeds the
+  threshold for the candidate's length (``k = 2`` here); an inverted index by token and length finds those items;
+* **verification**: the surviving pairs get their LCS from rapidfuzz (C++, bit-parallel), and the final score is
+  rouge-score's own float formula, so ties at exactly the threshold fall the same way.
+
+Tokenizers: ``"rouge"`` (rouge-score's default: lowercase ``[a-z0-9]+`` runs, the Alpaca setting), ``"ko"`` (Kiwi
+morphemes, for Korean), ``"unicode"`` (NFKC, lowercased ``\\w+`` runs: any script, whole words) and ``"auto"`` (``ko``
+for mostly-Hangul text, ``rouge`` otherwise, decided per text).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import unicodedata
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import chain, repeat
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq
+
+log = logging.getLogger(__name__)
+
+TOKENIZERS = ("rouge", "ko", "unicode", "auto")
+
+Tokenizer = Callable[[str], list[str]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ROUGE-L F-measure, exactly as rouge-score computes it
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rouge_l_fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
+    """ROUGE-L F-measure from an LCS length, with rouge-score's float arithmetic.
+
+    Mirrors ``rouge_scorer._score_lcs(target, prediction)`` followed by ``scoring.fmeasure``; Alpaca passes the new
+    instruction as ``target`` and a kept one as ``prediction``. The operations are kept in the same order because the
+    reject test ``score > threshold`` must round the same way on ties.
+    """
+    if target_len == 0 or prediction_len == 0:
+        return 0.0
+    precision = lcs / prediction_len
+    recall = lcs / target_len
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+def _rouge_l_fmeasure_array(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`rouge_l_fmeasure`: numpy float64 ops are the same IEEE ops in the same order."""
+    if target_len == 0:
+        return np.zeros(len(lcs), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = lcs / prediction_lens
+        recall = lcs / target_len
+        total = precision + recall
+        scores = 2 * precision * recall / total
+    return np.where((prediction_lens > 0) & (total > 0), scores, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# --------------------------------------------------------------------------------------------------------------------
+
+# rouge-score lowercases, replaces every run of non-[a-z0-9] characters with a space, splits on whitespace and drops
+# empty tokens: what is left is exactly the maximal [a-z0-9]+ runs of the lowercased text, found here in one C pass.
+_ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_WORD_RE = re.compile(r"\w+")
+_HAS_WORD_CHAR_RE = re.compile(r"\w")
+_HANGUL_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
+
+_kiwi: Any = None
+_kiwi_lock = threading.Lock()
+
+
+def tokenize_rouge(text: str) -> list[str]:
+    """rouge-score's ``DefaultTokenizer(use_stemmer=False)``, the tokenizer Alpaca's filter uses."""
+    return _ROUGE_TOKEN_RE.findall(text.lower())
+
+
+def tokenize_unicode(text: str) -> list[str]:
+    """Lowercased ``\\w+`` runs of the NFKC form: keeps Hangul, CJK and every other script, one token per word."""
+    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def tokenize_korean(text: str) -> list[str]:
+    """Kiwi morphemes (Latin lowercased), without punctuation, so a changed particle only changes one token."""
+    return [token.form.lower() for token in get_kiwi().tokenize(text) if _HAS_WORD_CHAR_RE.search(token.form)]
+
+
+def tokenize_auto(text: str) -> list[str]:
+    """:func:`tokenize_korean` for mostly-Hangul text, :func:`tokenize_rouge` otherwise."""
+    return tokenize_korean(text) if is_mostly_hangul(text) else tokenize_rouge(text)
+
+
+def is_mostly_hangul(text: str) -> bool:
+    """True when more than half of the letters of ``text`` are Hangul."""
+    if not _HANGUL_RE.search(text):
+        return False
+    hangul = len(_HANGUL_RE.findall(text))
+    letters = sum(1 for char in text if char.isalpha())
+    return 2 * hangul > letters
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer function called ``name`` (one of :data:`TOKENIZERS`)."""
+    tokenizers: dict[str, Tokenizer] = {
+        "rouge": tokenize_rouge,
+        "ko": tokenize_korean,
+        "unicode": tokenize_unicode,
+        "auto": tokenize_auto,
+    }
+    if name not in tokenizers:
+        raise ValueError(f"unknown tokenizer {name!r}; expected one of {', '.join(TOKENIZERS)}")
+    return tokenizers[name]
+
+
+def get_kiwi() -> Any:
+    # Kiwi takes seconds to load its model, so it is built once, on first use, and shared.
+    global _kiwi
+    if _kiwi is None:
+        with _kiwi_lock:
+            if _kiwi is None:
+                from kiwipiepy import Kiwi
+
+                _kiwi = Kiwi()
+    return _kiwi
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The index
+# --------------------------------------------------------------------------------------------------------------------
+
+# Token ids become code points so that a token sequence is a str: rapidfuzz compares strs far faster than lists.
+_SURROGATES_START, _SURROGATES_SIZE = 0xD800, 0x800
+_MAX_VOCAB_SIZE = 0x110000 - _SURROGATES_SIZE
+
+_EXHAUSTIVE_CHUNK = 128
+_PARALLEL_LCS_PAIRS = 200_000
+_SHARED_PREFIX_OCCURRENCES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Outcome of :meth:`RougeDedup.add` for one text.
+
+    ``kept``: no indexed item scores above the threshold. ``score``: see :class:`RougeDedup` for when it is exact.
+    ``similar_to``: for a rejected text, the position in :attr:`RougeDedup.texts` (seeds first, then kept texts, in
+    order of addition) of an item scoring above the threshold. ``most_similar``: ``(position, score)`` pairs, best
+    first, when ``top_k > 0``.
+    """
+
+    kept: bool
+    score: float
+    similar_to: int | None = None
+    most_similar: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _LengthPlan:
+    """For a new item of ``n`` tokens: the indexed lengths that can match, and the least LCS that does for each."""
+
+    lengths: tuple[int, ...]  # ascending
+    min_lcs: tuple[int, ...]  # min_lcs[i] for lengths[i]; non-decreasing, because F falls as the length grows
+
+
+class RougeDedup:
+    """Online ROUGE-L near-duplicate filter with Alpaca's semantics, in near-linear time.
+
+    Each :meth:`add` compares the text with every indexed item (seeds and kept texts) and rejects it iff some item
+    scores strictly above ``threshold``, exactly as Alpaca's loop over ``rouge_scorer._score_lcs(new, old).fmeasure``;
+    a kept text is indexed. With ``tokenizer="rouge"`` decisions are identical to Alpaca's, float ties included.
+
+    Scores: a rejected text's ``score`` is the exact score of ``similar_to``, an item it truly exceeds the threshold
+    against (the best of the items verified before the search stopped, not necessarily the best overall). With
+    ``top_k == 0`` a kept text's ``score`` is the best score among the pairs the filters let through, a *lower bound*
+    on its true best score (which is at most ``threshold`` anyway). With ``top_k > 0`` every indexed item is scored (quadratic, but in C++ and batched by
+    :meth:`add_many`): ``score`` is then the exact maximum, ``similar_to`` its item, and ``most_similar`` the exact
+    ``top_k`` (index, score) pairs, best first, ties broken by the lower index, like Alpaca's
+    ``most_similar_instructions``.
+    """
+
+    def __init__(self, threshold: float = 0.7, tokenizer: str = "rouge", top_k: int = 0) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k!r}")
+        self.threshold = float(threshold)
+        self.tokenizer = tokenizer
+        self.top_k = top_k
+        self._tokenize = get_tokenizer(tokenizer)
+        self._warned_hangul = tokenizer != "rouge"
+        self._vocab: dict[str, int] = {}
+        self._doc_freq: list[int] = []  # by token id: how many indexed items contain the token
+        self._postings: dict[int, dict[int, list[int]]] = {}  # token id -> item length -> indices of items
+        self._texts: list[str] = []
+        self._codes: list[str] = []  # token ids as code points, per indexed item
+        self._lengths: list[int] = []
+        self._plans: dict[int, _LengthPlan] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @property
+    def texts(self) -> Sequence[str]:
+        """Indexed texts (seeds first, then kept texts), positioned as :attr:`Decision.similar_to` counts them."""
+        return self._texts
+
+    def add_seeds(self, texts: Iterable[str]) -> None:
+        """Index ``texts`` unconditionally: seeds are always kept, even when they resemble each other."""
+        for text in texts:
+            self._index(text, *self._encode(text))
+
+    def add(self, text: str) -> Decision:
+        """Decide whether ``text`` is a near-duplicate of an indexed item; index it if it is not."""
+        if self.top_k:
+            return self._add_chunk_exhaustively([text])[0]
+        code, ids = self._encode(text)
+        similar_to, score = self._find_match(code, ids)
+        if similar_to is not None:
+            return Decision(kept=False, score=score, similar_to=similar_to)
+        self._index(text, code, ids)
+        return Decision(kept=True, score=score)
+
+    def add_many(self, texts: Iterable[str]) -> list[Decision]:
+        """:meth:`add` each text in order (later texts are compared with the earlier kept ones)."""
+        if not self.top_k:
+            return [self.add(text) for text in texts]
+        texts = list(texts)
+        decisions: list[Decision] = []
+        for start in range(0, len(texts), _EXHAUSTIVE_CHUNK):
+            decisions.extend(self._add_chunk_exhaustively(texts[start : start + _EXHAUSTIVE_CHUNK]))
+        return decisions
+
+    # -- encoding and indexing ---------------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> tuple[str, list[int]]:
+        if not self._warned_hangul and is_mostly_hangul(text):
+            self._warned_hangul = True
+            log.warning(
+                "tokenizer='rouge' drops every non-[a-z0-9] character, so Hangul text scores 0.0 against anything and "
+                "is never filtered; use tokenizer='ko' (or 'auto') for Korean. Text: %.60r",
+                text,
+            )
+        tokens = self._tokenize(text)
+        ids = list(map(self._vocab.get, tokens))
+        if None in ids:
+            vocab = self._vocab
+            ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
+            self._doc_freq.extend([0] * (len(vocab) - len(self._doc_freq)))
+        return _ids_to_code(ids, len(self._vocab)), ids
+
+    def _index(self, text: str, code: str, ids: list[int]) -> None:
+        index, length = len(self._texts), len(ids)
+        self._texts.append(text)
+        self._codes.append(code)
+        self._lengths.append(length)
+        for token in set(ids):
+            self._doc_freq[token] += 1
+            by_length = self._postings.setdefault(token, {})
+            bucket = by_length.get(length)
+            if bucket is None:
+                by_length[length] = [index]
+            else:
+                bucket.append(index)
+
+    # -- the pruned search (top_k == 0) ------------------------------------------------------------------------------
+
+    def _find_match(self, code: str, ids: list[int]) -> tuple[int | None, float]:
+        """An indexed item scoring above the threshold against ``ids`` (or None), and the best score verified.
+
+        Why no match is missed. Suppose item ``y`` of length ``m`` has ``F > threshold``; then ``m`` is in the plan
+        and the LCS is at least ``a = min_lcs(m)``, hence so is the multiset overlap of ``x`` and ``y`` (an LCS is a
+        common sub-multiset). Lay the ``n`` token occurrences of ``x`` out in the probe order (distinct tokens by
+        current document frequency, a token's occurrences together; *any* order would do). The last ``a - k``
+        occurrences can contribute at most ``a - k`` to the overlap, so the first ``n - a + k`` contribute at least
+        ``k``: summing ``count_x(t)`` over the tokens ``t`` of ``y`` that start there gives at least ``k``.
+        :meth:`_prefix_postings` visits token ``t`` in bucket ``m`` exactly when it starts there, and ``y`` is in
+        that bucket because every distinct token of every indexed item is posted under the item's length. So
+        ``y`` collects ``hits >= k`` and is verified. Probing only the new item's prefix against complete posting
+        lists is what keeps this exact although the frequency order changes as items arrive.
+        """
+        n = len(ids)
+        plan = self._plan(n)
+        if not plan.lengths:
+            return None, 0.0
+        shared = min(_SHARED_PREFIX_OCCURRENCES, plan.min_lcs[0])
+        prefix_postings = self._prefix_postings(ids, n, plan, shared)
+        rarest = next(prefix_postings, None)
+        if rarest is None:
+            return None, 0.0
+        # Fast path, not needed for exactness: a near-duplicate nearly always contains the rarest indexed token of
+        # the new text, so verifying that token's items first rejects most duplicates after a handful of LCS calls,
+        # before the posting lists of the other prefix tokens are even looked up.
+        verified = set().union(*rarest)
+        similar_to, best = self._best_of(code, n, list(verified))
+        if best > self.threshold:
+            return similar_to, best
+        hits = Counter(chain.from_iterable(rarest))
+        for buckets in prefix_postings:
+            hits.update(chain.from_iterable(buckets))
+        candidates = [index for index, count in hits.items() if count >= shared and index not in verified]
+        other, other_best = self._best_of(code, n, candidates)
+        if other_best > best:
+            similar_to, best = other, other_best
+        return (similar_to, best) if best > self.threshold else (None, best)
+
+    def _prefix_postings(self, ids: list[int], n: int, plan: _LengthPlan, shared: int) -> Iterator[list[list[int]]]:
+        """Per prefix token, rarest first, its posting lists for the lengths whose prefix it is in.
+
+        A token occurring ``w`` times in the new text has its lists repeated ``w`` times, so that counting an item's
+        appearances counts the shared prefix occurrences the proof in :meth:`_find_match` needs.
+        """
+        counts = Counter(ids)
+        smallest_min_lcs, lengths, min_lcs = plan.min_lcs[0], plan.lengths, plan.min_lcs
+        before = 0
+        for token in sorted(counts, key=self._doc_freq.__getitem__):
+            budget = n - before + shared - 1  # bucket m is probed iff before < n - min_lcs(m) + shared
+            if budget < smallest_min_lcs:
+                return
+            before += counts[token]
+            by_length = self._postings.get(token)
+            if by_length is not None:
+                buckets = _buckets_in_range(by_length, lengths, bisect_right(min_lcs, budget))
+                if buckets:
+                    yield buckets * counts[token]
+
+    def _best_of(self, code: str, n: int, batch: list[int]) -> tuple[int | None, float]:
+        """The most similar item of ``batch`` and its score (None and 0.0 when empty); the loops run in C."""
+        if not batch:
+            return None, 0.0
+        commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, batch))
+        scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, batch)))
+        best = max(scores)
+        return batch[scores.index(best)], best
+
+    def _plan(self, n: int) -> _LengthPlan:
+        plan = self._plans.get(n)
+        if plan is None:
+            plan = self._plans[n] = _make_length_plan(n, self.threshold)
+        return plan
+
+    # -- exhaustive scoring (top_k > 0) ------------------------------------------------------------------------------
+
+    def _add_chunk_exhaustively(self, texts: list[str]) -> list[Decision]:
+        """Score each text against every indexed item, with the LCS matrices of the chunk computed in two C++ calls."""
+        encoded = [self._encode(text) for text in texts]
+        codes = [code for code, _ in encoded]
+        old_lengths = np.asarray(self._lengths, dtype=np.int64)
+        vs_indexed = _lcs_matrix(codes, self._codes)
+        vs_chunk = _lcs_matrix(codes, codes)
+        kept_in_chunk: list[int] = []
+        decisions = []
+        for i, (text, (code, ids)) in enumerate(zip(texts, encoded)):
+            lcs = np.concatenate([vs_indexed[i], vs_chunk[i, kept_in_chunk]])
+            lengths = np.concatenate([old_lengths, np.asarray([len(encoded[j][1]) for j in kept_in_chunk], np.int64)])
+            decision = self._decide(_rouge_l_fmeasure_array(lcs, len(ids), lengths))
+            if decision.kept:
+                self._index(text, code, ids)
+                kept_in_chunk.append(i)
+            decisions.append(decision)
+        return decisions
+
+    def _decide(self, scores: np.ndarray) -> Decision:
+        if scores.size == 0:
+            return Decision(kept=True, score=0.0)
+        best_index = int(np.argmax(scores))  # first maximum
+        best = float(scores[best_index])
+        most_similar = _top_k(scores, self.top_k)
+        if best > self.threshold:
+            return Decision(kept=False, score=best, similar_to=best_index, most_similar=most_similar)
+        return Decision(kept=True, score=best, most_similar=most_similar)
+
+
+def _buckets_in_range(by_length: dict[int, list[int]], lengths: tuple[int, ...], count: int) -> list[list[int]]:
+    """The non-empty posting lists of ``by_length`` for ``lengths[:count]``."""
+    if len(by_length) < count:
+        # Rare tokens have few distinct lengths: scanning them beats looking every length up. Plan lengths are
+        # consecutive, so the range test selects the same lists (and were they not, it would only add candidates).
+        shortest, longest = lengths[0], lengths[count - 1]
+        return [items for length, items in by_length.items() if shortest <= length <= longest]
+    return list(filter(None, map(by_length.get, lengths[:count])))
+
+
+def _make_length_plan(n: int, threshold: float) -> _LengthPlan:
+    # F(L, m, n) ~ 2L/(m+n) <= 2n/(m+n), which is below any threshold > 0 once m > 2n/threshold.
+    longest = int(2 * n / threshold) + 2
+    lengths, min_lcs = [], []
+    for m in range(1, longest + 1):
+        least = _least_lcs_above(threshold, m, n)
+        if least is not None:
+            lengths.append(m)
+            min_lcs.append(least)
+    return _LengthPlan(tuple(lengths), tuple(min_lcs))
+
+
+def _least_lcs_above(threshold: float, m: int, n: int) -> int | None:
+    """The least LCS whose rouge F-measure (float) exceeds ``threshold`` for lengths ``m`` and ``n``, if any.
+
+    The float F-measure is increasing in the LCS (each step adds 2/(m+n), far above rounding error), so a local
+    search from the real-valued estimate finds the exact boundary.
+    """
+    if n == 0 or m == 0:
+        return None
+    shortest = min(m, n)
+    lcs = min(max(int(threshold * (m + n) / 2), 1), shortest)
+    while lcs > 1 and rouge_l_fmeasure(lcs - 1, n, m) > threshold:
+        lcs -= 1
+    while lcs <= shortest and not rouge_l_fmeasure(lcs, n, m) > threshold:
+        lcs += 1
+    return lcs if lcs <= shortest else None
+
+
+def _ids_to_code(ids: list[int], vocab_size: int) -> str:
+    if vocab_size <= _SURROGATES_START:
+        return "".join(map(chr, ids))
+    if vocab_size > _MAX_VOCAB_SIZE:
+        raise OverflowError(f"more than {_MAX_VOCAB_SIZE} distinct tokens; split the corpus")
+    return "".join(chr(i if i < _SURROGATES_START else i + _SURROGATES_SIZE) for i in ids)
+
+
+def _lcs_matrix(queries: list[str], choices: list[str]) -> np.ndarray:
+    if not queries or not choices:
+        return np.zeros((len(queries), len(choices)), dtype=np.int32)
+    # Threads only pay off on big matrices; starting them for every small chunk costs more than it saves.
+    workers = -1 if len(queries) * len(choices) >= _PARALLEL_LCS_PAIRS else 1
+    return process.cdist(queries, choices, scorer=LCSseq.similarity, dtype=np.int32, workers=workers)
+
+
+def _top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    if scores.size > k:
+        kth = np.partition(scores, scores.size - k)[scores.size - k]
+        candidates = np.flatnonzero(scores >= kth)
+    else:
+        candidates = np.arange(scores.size)
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+    return [(int(i), float(scores[i])) for i in order]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_instructions(path: str | Path) -> list[str]:
+    """Instructions from a JSON array of strings, or from JSONL with an ``instruction`` string field per line.
+
+    Raises ``ValueError`` naming the file and line of the first bad entry.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return _parse_json_array(path, text)
+    return _parse_jsonl(path, text)
+
+
+def _parse_jsonl(path: Path, text: str) -> list[str]:
+    instructions = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{line_number}: invalid JSON: {error.msg}") from error
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise ValueError(f"{path}:{line_number}: expected a JSON object with a string 'instruction' field")
+        instructions.append(record["instruction"])
+    return instructions
+
+
+def _parse_json_array(path: Path, text: str) -> list[str]:
+    # Decoded element by element rather than with json.loads, to tell which line a non-string element is on.
+    decoder = json.JSONDecoder()
+    position = _skip_whitespace(text, text.index("[") + 1)
+    instructions: list[str] = []
+    try:
+        while position < len(text) and text[position] != "]":
+            value, end = decoder.raw_decode(text, position)
+            if not isinstance(value, str):
+                line = text.count("\n", 0, position) + 1
+                raise ValueError(f"{path}:{line}: element {len(instructions)} is {type(value).__name__}, not a string")
+            instructions.append(value)
+            position = _skip_whitespace(text, end)
+            if position < len(text) and text[position] == ",":
+                position = _skip_whitespace(text, position + 1)
+            elif position < len(text) and text[position] != "]":
+                raise json.JSONDecodeError("expected ',' or ']'", text, position)
+        if position >= len(text):
+            raise json.JSONDecodeError("unterminated array", text, position)
+        if text[position + 1 :].strip():
+            raise json.JSONDecodeError("extra data after the array", text, _skip_whitespace(text, position + 1))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from error
+    return instructions
+
+
+def _skip_whitespace(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def dedup_file(
+    input_path: str | Path,
+    output_path: str | Path | None,
+    threshold: float = 0.7,
+    tokenizer: str = "rouge",
+    seeds_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Filter the instructions of ``input_path`` (see :func:`load_instructions`) against each other and the seeds.
+
+    Writes ``output_path`` (unless None) as JSONL, one object per input instruction, in order:
+    ``{"index", "kept", "score", "similar_to"}``, where ``similar_to`` counts the seeds first, then the kept input
+    instructions (as :attr:`RougeDedup.texts`). Returns summary counts.
+    """
+    started = time.perf_counter()
+    seeds = load_instructions(seeds_path) if seeds_path is not None else []
+    instructions = load_instructions(input_path)
+    dedup = RougeDedup(threshold=threshold, tokenizer=tokenizer)
+    dedup.add_seeds(seeds)
+    decisions = dedup.add_many(instructions)
+    if output_path is not None:
+        _write_jsonl_atomically(Path(output_path), _decision_records(decisions))
+    kept = sum(decision.kept for decision in decisions)
+    return {
+        "input": str(input_path),
+        "output": None if output_path is None else str(output_path),
+        "seeds": len(seeds),
+        "total": len(decisions),
+        "kept": kept,
+        "rejected": len(decisions) - kept,
+        "threshold": threshold,
+        "tokenizer": tokenizer,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _decision_records(decisions: list[Decision]) -> Iterator[dict[str, Any]]:
+    for index, decision in enumerate(decisions):
+        yield {"index": index, "kept": decision.kept, "score": decision.score, "similar_to": decision.similar_to}
+
+
+def _write_jsonl_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
