@@ -1,0 +1,87 @@
+"""Run `selfinstruct` and SIGKILL it at a chosen point, to test crash safety.
+
+    python -m tests.crash_runner POINT N selfinstruct-args...
+
+POINT is one of: request (after the Nth completion arrives, others in flight), write (halfway through the Nth
+append to accepted.jsonl), dedup (inside the Nth ROUGE-L check), export (after alpaca_data.json, before the HF
+dataset). The patches live here, not in the pipeline: production code has no crash hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after_nth(n: int):
+    calls = {"n": 0}
+
+    def hit() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= n
+
+    return hit
+
+
+def install(point: str, n: int) -> None:
+    hit = _after_nth(n)
+    if point == "request":
+        from pipeline.llm import LLMClient
+
+        original = LLMClient.complete
+
+        async def complete(self, *args, **kwargs):
+            result = await original(self, *args, **kwargs)
+            if hit():
+                _die()
+            return result
+
+        LLMClient.complete = complete
+    elif point == "write":
+        from pipeline.store import RunStore, _jsonl
+
+        original_append = RunStore.append
+
+        def append(self, accepted, rejected):
+            if accepted and hit():
+                data = _jsonl(accepted)
+                self._accepted.write(data[: len(data) // 2])  # a torn line on disk
+                self._accepted.flush()
+                os.fsync(self._accepted.fileno())
+                _die()
+            return original_append(self, accepted, rejected)
+
+        RunStore.append = append
+    elif point == "dedup":
+        from pipeline.dedup import RougeDedup
+
+        original_add = RougeDedup.add
+
+        def add(self, text):
+            if hit():
+                _die()
+            return original_add(self, text)
+
+        RougeDedup.add = add
+    elif point == "export":
+        from pipeline import export
+
+        def write_hf_dataset(run_dir, records):
+            _die()
+
+        export._write_hf_dataset = write_hf_dataset
+    elif point != "none":
+        raise SystemExit(f"unknown crash point {point!r}")
+
+
+if __name__ == "__main__":
+    point, count, *args = sys.argv[1:]
+    install(point, int(count))
+    from pipeline.cli import main
+
+    sys.exit(main(args))
