@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.concurrency.sync import concurrency
 
 from pipeline import report
 from pipeline.config import GenerationConfig
@@ -16,9 +17,15 @@ from pipeline.generate import GenerationRun, RoundResult, llm_endpoints, mark_st
 from pipeline.server import ManagedServer
 
 
+#: Global concurrency limit (created by `make up`) that caps LLM requests in flight across all runs; each round
+#: holds as many slots as it keeps requests in flight. Without the limit, runs are not capped.
+LLM_REQUESTS_LIMIT = "llm-requests"
+
+
 @task(name="generate-round", cache_policy=NONE)
 def generate_round(run: GenerationRun, base_urls: list[str], server: ManagedServer | None) -> RoundResult:
-    result = run_rounds(run, base_urls, server, max_requests=run.config.round_size)
+    with concurrency(LLM_REQUESTS_LIMIT, occupy=run.config.llm.max_concurrency, strict=False):
+        result = run_rounds(run, base_urls, server, max_requests=run.config.round_size)
     get_run_logger().info("%d/%d accepted after %d requests (%s)", result.accepted, run.config.target, result.next_request_index, result.reason)
     return result
 
@@ -50,6 +57,7 @@ def self_instruct(config: GenerationConfig = GenerationConfig()) -> dict:
     exported = export_dataset(config)
     report.publish_dataset_artifacts(config.run_name, run.store.meta, exported)
     logger.info("dataset: %s (%d records)", exported.alpaca_json, exported.stats.records)
+    report.emit_dataset_ready(config.run_name, str(config.run_dir.resolve()), exported.stats.records)
     result = {
         "run_dir": str(config.run_dir),
         "alpaca_json": str(exported.alpaca_json),

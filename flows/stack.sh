@@ -10,7 +10,7 @@ cd "$ROOT"
 VENV=${VENV:-$ROOT/.venv}
 PORT=${PREFECT_PORT:-4200}
 POOL=${PREFECT_POOL:-selfinstruct}
-RUN_DIR=$ROOT/.run
+RUN_DIR=${SELFINSTRUCT_RUN_DIR:-$ROOT/.run}
 export PATH="$VENV/bin:$PATH"
 export PREFECT_HOME=${PREFECT_HOME:-$ROOT/.prefect}
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"

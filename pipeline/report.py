@@ -166,3 +166,19 @@ Dataset: `{export.alpaca_json}`
     )
     link(keys["dataset"], Path(export.run_dir).resolve().as_uri(), text=str(export.alpaca_json), description=f"Dataset files of {run_name}")
     return list(keys.values())
+
+
+DATASET_READY_EVENT = "selfinstruct.dataset.ready"
+
+
+def emit_dataset_ready(run_name: str, dataset_path: str, records: int) -> None:
+    """Announce a finished dataset; automations (e.g. the train-alpaca trigger in prefect.yaml) react to it."""
+    if not in_prefect_run():
+        return
+    from prefect.events import emit_event
+
+    emit_event(
+        event=DATASET_READY_EVENT,
+        resource={"prefect.resource.id": f"selfinstruct.dataset.{artifact_key(run_name)}", "prefect.resource.name": run_name},
+        payload={"dataset": dataset_path, "records": records},
+    )

@@ -1,0 +1,150 @@
+"""The operated stack, as users run it: `flows/stack.sh up` (what `make up` calls), the Prefect CLI, `down`.
+
+A real Prefect server and worker are started the way `make up` starts them (on a free port, with a private
+PREFECT_HOME and PID directory), and the demo deployment runs a managed vLLM CPU server with the tiny model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pipeline.server import free_port
+from tests.conftest import PROJECT_ROOT, _require_vllm
+
+pytestmark = [pytest.mark.vllm, pytest.mark.prefect, pytest.mark.slow]
+
+PREFECT = str(PROJECT_ROOT / ".venv" / "bin" / "prefect")
+EXPECTED_DEPLOYMENTS = {"self-instruct/default", "self-instruct/koalpaca", "self-instruct/demo",
+                        "train-alpaca/default", "train-alpaca/koalpaca"}
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_llama):
+    _require_vllm()
+    root = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(root / "prefect-home"),
+           "SELFINSTRUCT_RUN_DIR": str(root / "run"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    up = subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "up"], env=env, capture_output=True, text=True,
+                        timeout=400, cwd=PROJECT_ROOT)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"http://127.0.0.1:{port}" in up.stderr
+    pids = [int((root / "run" / f"{name}.pid").read_text()) for name in ("server", "worker")]
+    state = {"env": env, "root": root, "processes": []}
+    yield state
+    started = [p for pid in pids for p in _tree(pid)] + state["processes"]
+    down = subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1)
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"left running after `down`: {[(p.pid, p.cmdline()[:4]) for p in left]}"
+
+
+def prefect(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], env=stack["env"], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
+
+
+def demo_config(stack, tiny_llama, run_name: str) -> dict:
+    """The demo deployment's own parameters, pointed at a private output dir and model copy."""
+    spec = yaml.safe_load((PROJECT_ROOT / "flows" / "prefect.yaml").read_text())
+    config = next(d for d in spec["deployments"] if d["name"] == "demo")["parameters"]["config"]
+    model = stack["root"] / f"model-{run_name}"
+    if not model.exists():
+        shutil.copytree(tiny_llama, model)
+    config = json.loads(json.dumps(config))
+    config.update(run_name=run_name, output_dir=str(stack["root"] / "outputs"))
+    config["llm"]["model"] = str(model)
+    return config
+
+
+def test_up_deploys_everything_with_a_paused_nightly_schedule(stack):
+    listing = prefect(stack, "deployment", "ls")
+    assert listing.returncode == 0, listing.stderr
+    for name in EXPECTED_DEPLOYMENTS:
+        assert name in listing.stdout, f"{name} missing from\n{listing.stdout}"
+    schedules = prefect(stack, "deployment", "schedule", "ls", "self-instruct/default")
+    assert schedules.returncode == 0, schedules.stderr
+    assert "0 3 * * *" in schedules.stdout
+    assert "False" in schedules.stdout or "inactive" in schedules.stdout.lower()
+
+
+def test_bad_parameter_is_refused_naming_the_field(stack):
+    refused = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", 'config={"target": -5}')
+    assert refused.returncode != 0
+    assert "config.target" in refused.stdout + refused.stderr
+
+
+async def _read_artifacts(prefix: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+
+
+def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_llama, monkeypatch):
+    config = demo_config(stack, tiny_llama, "stackdemo")
+    run = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", f"config={json.dumps(config)}", "--watch",
+                  timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Completed" in run.stdout
+    dataset = stack["root"] / "outputs" / "stackdemo" / "alpaca_data.json"
+    assert len(json.loads(dataset.read_text())) >= config["target"]
+
+    monkeypatch.setenv("PREFECT_API_URL", stack["env"]["PREFECT_API_URL"])
+    artifacts = {a.key for a in asyncio.run(_read_artifacts("stackdemo-%"))}
+    for suffix in ("summary", "samples", "rejected", "rejection-reasons", "lengths", "leading-verbs", "dataset", "progress"):
+        assert f"stackdemo-{suffix}" in artifacts
+
+
+def _vllm_for(model: Path) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if str(model) in (p.info.get("cmdline") or [])
+            and any("vllm" in part for part in p.info["cmdline"])]
+
+
+def test_cancelling_a_run_stops_its_vllm_server(stack, tiny_llama):
+    config = demo_config(stack, tiny_llama, "stackcancel")
+    config["target"] = 100000  # long enough to be cancelled mid-run
+    started = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", f"config={json.dumps(config)}")
+    assert started.returncode == 0, started.stderr
+    flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
+    model = Path(config["llm"]["model"])
+    deadline = time.monotonic() + 600
+    while not _vllm_for(model) and time.monotonic() < deadline:
+        time.sleep(2)
+    servers = _vllm_for(model)
+    assert servers, "the flow run never started its vLLM server"
+    stack["processes"].extend(servers)
+    time.sleep(5)
+
+    cancel = prefect(stack, "flow-run", "cancel", flow_run_id)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    cancelled_at = time.monotonic()
+    while _vllm_for(model) and time.monotonic() - cancelled_at < 30:
+        time.sleep(1)
+    assert not _vllm_for(model), "vLLM still running 30 s after the cancel"
+    state = ""
+    while time.monotonic() - cancelled_at < 60:
+        state = prefect(stack, "flow-run", "inspect", flow_run_id).stdout
+        if "CANCELLED" in state:
+            break
+        time.sleep(2)
+    assert "CANCELLED" in state
