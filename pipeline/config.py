@@ -288,13 +288,7 @@ class GenerationConfig(_Model):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config") -> "GenerationConfig":
-        data = _deep_copy(data)
-        for dotted, value in (overrides or {}).items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
+        data = apply_overrides(data, overrides or {})
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -308,6 +302,18 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
         lines.append(f"{source}: {field}: {err['msg']}")
     return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with dotted-key ``overrides`` (``{"llm.model": "x"}``) set in nested mappings."""
+    data = _deep_copy(data)
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
 
 
 def _deep_copy(data: Any) -> Any:

@@ -227,8 +227,7 @@ class GenerationRun:
         pending: dict[asyncio.Task, int] = {}
         arrived: dict[int, Outcome] = {}
         send = consume = self.next_index
-        started = time.monotonic()
-        self._last_commit = started
+        self._last_commit = time.monotonic()
         watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
         try:
             while consume < stop and not self.target_reached:
@@ -246,7 +245,7 @@ class GenerationRun:
                     consume += 1
                     self.next_index = consume
                     if time.monotonic() - self._last_commit >= cfg.commit_interval_s:
-                        self._commit(client, started)
+                        self._commit(client)
         finally:
             for task in pending:
                 task.cancel()
@@ -255,7 +254,7 @@ class GenerationRun:
             if watchdog is not None:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
-            self._commit(client, started)
+            self._commit(client)
         reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
         return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
 
@@ -326,9 +325,9 @@ class GenerationRun:
         if self.on_progress is not None:
             self.on_progress(self.counts)
 
-    def _commit(self, client: LLMClient, started: float) -> None:
+    def _commit(self, client: LLMClient) -> None:
         now = time.monotonic()
-        self._generation_seconds += now - started if started > self._last_commit else now - self._last_commit
+        self._generation_seconds += now - self._last_commit
         self._last_commit = now
         faults = self._base_faults + client.stats.faults + self.faults
         usage = self._base_usage + Counter({
