@@ -1,0 +1,9 @@
+"""LoRA / QLoRA fine-tuning on Alpaca-format data (the ``train-alpaca`` flow and ``selfinstruct train``).
+
+Importing this package is cheap; torch, transformers and peft load when :func:`train` runs.
+"""
+
+from pipeline.train.config import TrainConfig
+from pipeline.train.lora import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainResult", "train"]

@@ -1,0 +1,319 @@
+"""Training data: load Alpaca records, tokenise them with response-only labels, and batch them.
+
+Label rules, which the old scripts got wrong:
+
+* labels are ``-100`` exactly over the prompt tokens (unless ``train_on_inputs``), and the EOS token that ends
+  the response is always a label, so the fine-tuned model learns to stop;
+* padding is masked by *position* (the collator knows each example's length), never by comparing token ids
+  with ``pad_token_id``: GPT-NeoX / Polyglot-ko tokenizers use one id for pad and EOS, and masking by id
+  silently removed every EOS from the loss.
+
+Prompt and response are tokenised separately and concatenated, so the prompt tokens are exactly what an
+inference server produces for the prompt alone and the prompt/response boundary is exact.
+
+This module needs only ``torch`` (and ``datasets`` for ``save_to_disk`` directories), so benchmarks on bare
+machines can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from pipeline.train.templates import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+#: Files looked for, in order, inside a self-instruct run directory.
+RUN_DIR_FILES = ("alpaca_data.json", "accepted.jsonl")
+
+Record = dict[str, str]
+
+
+class DatasetError(ValueError):
+    """A dataset path or record that cannot be used; the message names the file."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------
+
+
+def load_records(path: str | Path, max_samples: int | None = None) -> list[Record]:
+    """Alpaca records ``{instruction, input, output}`` from a run directory, HF dataset directory or file.
+
+    Accepted: a self-instruct run directory holding ``alpaca_data.json`` (else ``accepted.jsonl``), a
+    ``datasets.save_to_disk`` directory (its ``train`` split if it is a ``DatasetDict``), a JSON list file or a
+    JSON-lines file. Extra keys of each record (generation metadata) are dropped; a missing ``input`` is "".
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset not found")
+    if path.is_dir():
+        source, raw = _load_directory(path)
+    else:
+        source, raw = path, _load_file(path)
+    records = [_clean_record(source, index, item) for index, item in enumerate(raw)]
+    if not records:
+        raise DatasetError(f"{source}: dataset has no records")
+    return records[:max_samples] if max_samples else records
+
+
+def _load_directory(path: Path) -> tuple[Path, list[Any]]:
+    for name in RUN_DIR_FILES:
+        if (path / name).is_file():
+            return path / name, _load_file(path / name)
+    if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        return path, _load_hf_dataset(path)
+    raise DatasetError(
+        f"{path}: directory has neither {' nor '.join(RUN_DIR_FILES)} nor a datasets.save_to_disk layout "
+        "(dataset_info.json / dataset_dict.json)"
+    )
+
+
+def _load_hf_dataset(path: Path) -> list[Any]:
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError as exc:  # pragma: no cover - datasets is a core dependency
+        raise DatasetError(f"{path}: reading a save_to_disk directory needs the 'datasets' package") from exc
+    try:
+        loaded = load_from_disk(str(path))
+    except Exception as exc:
+        raise DatasetError(f"{path}: datasets.load_from_disk failed: {exc}") from exc
+    if isinstance(loaded, DatasetDict):
+        if "train" not in loaded:
+            raise DatasetError(f"{path}: DatasetDict has no 'train' split (splits: {', '.join(loaded)})")
+        loaded = loaded["train"]
+    return list(loaded)
+
+
+def _load_file(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text: {exc}") from None
+    if path.suffix.lower() == ".jsonl":
+        items = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{line_number}: invalid JSON line: {exc.msg}") from None
+        return items
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of {{instruction, input, output}} records")
+    return data
+
+
+def _clean_record(source: Path, index: int, item: Any) -> Record:
+    where = f"{source}: record {index}"
+    if not isinstance(item, Mapping):
+        raise DatasetError(f"{where}: expected an object with instruction/input/output, got {type(item).__name__}")
+    instruction, output, input_text = item.get("instruction"), item.get("output"), item.get("input")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise DatasetError(f"{where}: 'instruction' must be a non-empty string")
+    if not isinstance(output, str):
+        raise DatasetError(f"{where}: 'output' must be a string")
+    if input_text is None:
+        input_text = ""
+    if not isinstance(input_text, str):
+        raise DatasetError(f"{where}: 'input' must be a string")
+    return {"instruction": instruction, "input": input_text, "output": output}
+
+
+@dataclass
+class DataSplit:
+    """Records for training, validation loss and before/after sample generations (disjoint)."""
+
+    train: list[Record]
+    validation: list[Record] = field(default_factory=list)
+    samples: list[Record] = field(default_factory=list)
+
+
+def split_records(records: Sequence[Record], num_samples: int, val_size: int, seed: int) -> DataSplit:
+    """Shuffle deterministically and hold out ``num_samples`` + ``val_size`` records.
+
+    Raises :class:`DatasetError` if nothing would be left to train on.
+    """
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    if num_samples + val_size >= len(records):
+        raise DatasetError(
+            f"dataset has {len(records)} records but {num_samples} sample prompts + {val_size} validation records "
+            "are held out; lower num_sample_prompts / val_size"
+        )
+    samples = [records[i] for i in order[:num_samples]]
+    validation = [records[i] for i in order[num_samples : num_samples + val_size]]
+    train = [records[i] for i in order[num_samples + val_size :]]
+    return DataSplit(train=train, validation=validation, samples=samples)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tokenisation
+# --------------------------------------------------------------------------------------------------------
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Give a tokenizer without a pad token one, preferring a token that is not EOS.
+
+    LLaMA tokenizers have no pad token; ``<unk>`` is used as alpaca-lora did (id 0). Padding is masked by
+    position anyway, so even the EOS fallback cannot hide EOS labels. Also pads on the right for training.
+    """
+    if tokenizer.pad_token_id is None:
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+
+
+@dataclass
+class TokenizeStats:
+    """What tokenisation did to the records."""
+
+    examples: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    prompt_tokens: int = 0
+    label_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def tokenize_records(
+    tokenizer: Any,
+    template: PromptTemplate,
+    records: Iterable[Mapping[str, str]],
+    max_seq_length: int,
+    train_on_inputs: bool = False,
+) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """Tokenise records into ``{input_ids, labels}`` examples: prompt + response + EOS.
+
+    ``labels`` equals ``input_ids`` except over the prompt tokens, which are ``IGNORE_INDEX`` unless
+    ``train_on_inputs``. An example longer than ``max_seq_length`` keeps its prompt and loses the end of its
+    response (and so its EOS); one whose prompt leaves no room for a response token is dropped.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; the model could never learn to stop")
+    records = list(records)
+    prompts = [template.record_prompt(record) for record in records]
+    responses = [template.response(record["output"]) for record in records]
+    # Batched calls let fast tokenizers work in Rust over the whole list.
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"] if responses else []
+    eos = tokenizer.eos_token_id
+    stats = TokenizeStats()
+    examples: list[dict[str, list[int]]] = []
+    for prompt, response in zip(prompt_ids, response_ids):
+        # Tokenizers that append EOS to every encoding would otherwise end the prompt with an end-of-text.
+        if len(prompt) > 1 and prompt[-1] == eos:
+            prompt = prompt[:-1]
+        target = list(response) + [eos]
+        room = max_seq_length - len(prompt)
+        if room < 1:
+            stats.dropped_too_long += 1
+            continue
+        if len(target) > room:
+            target = target[:room]
+            stats.truncated += 1
+        input_ids = list(prompt) + target
+        prompt_labels = list(prompt) if train_on_inputs else [IGNORE_INDEX] * len(prompt)
+        examples.append({"input_ids": input_ids, "labels": prompt_labels + target})
+        stats.examples += 1
+        stats.prompt_tokens += len(prompt)
+        stats.label_tokens += len(target)
+    return examples, stats
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------------------
+
+
+class ListDataset:
+    """A map-style dataset over pre-tokenised examples (no ``datasets`` dependency)."""
+
+    def __init__(self, examples: Sequence[dict[str, list[int]]]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.examples[index]
+
+
+@dataclass
+class PaddingFreeCollator:
+    """Concatenate a micro-batch into a single row with position ids restarting at 0 for each example.
+
+    transformers turns restarting position ids into a block-diagonal causal mask (sdpa/eager) or varlen
+    boundaries (flash attention), so examples never attend to each other and no token is padding. The first
+    label of every example is ignored so that the last token of one example does not learn to predict the
+    first token of the next. Requires ``use_cache=False`` in training: with a cache, transformers skips the
+    packed-sequence detection and the examples would attend to each other.
+    """
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+        import torch
+
+        input_ids: list[int] = []
+        labels: list[int] = []
+        position_ids: list[int] = []
+        for feature in features:
+            ids = list(feature["input_ids"])
+            input_ids += ids
+            labels += [IGNORE_INDEX] + list(feature["labels"][1:])
+            position_ids += range(len(ids))
+        return {
+            "input_ids": torch.tensor([input_ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([position_ids], dtype=torch.long),
+        }
+
+
+@dataclass
+class PadToLongestCollator:
+    """Right-pad a micro-batch to its longest example (rounded up to ``pad_to_multiple_of``).
+
+    Padding is marked by position: ``attention_mask`` 0 and labels ``IGNORE_INDEX`` after each example's own
+    length, whatever the pad id is, so an EOS equal to the pad token keeps its label.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of > 1:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :length] = torch.tensor(feature["labels"], dtype=torch.long)
+            attention_mask[row, :length] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def count_real_tokens(batch: Mapping[str, Any]) -> int:
+    """Non-padding tokens of a collated batch (by attention mask, never by pad id)."""
+    if batch.get("attention_mask") is not None:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
