@@ -61,64 +61,22 @@ def clients(monkeypatch) -> list[LLMClient]:
 
 def test_run_spreads_requests_over_both_endpoints(vllm_server, second_server, tiny_llama, tmp_path):
     a, b = vllm_server.base_url, second_server.base_url
-    config = make_config(tmp_path, [a, b], str(tiny_llama), run_name="two", target=24)
+    # A fixed number of requests (an unreachable target), two tasks each: short, and nothing sent in vain.
+    config = make_config(tmp_path, [a, b], str(tiny_llama), run_name="two", target=1000, max_requests=24, tasks_per_request=2)
     summary = generate(config, export=False)
 
     meta = json.loads((config.run_dir / "run.json").read_text())
-    assert meta["status"] == "completed" and summary.accepted >= config.target
+    assert summary.requests == 24 and summary.accepted > 0
+    assert meta["usage"]["requests"] == 24 and meta["usage"].get("retries", 0) == 0
+    transport_faults = [k for k in meta["faults"] if k in ("timeout", "connection_error", "bad_response") or k.startswith("http_")]
+    assert transport_faults == [], meta["faults"]
     endpoints = {e["url"]: e for e in meta["endpoints"]}
     assert set(endpoints) == {a, b}
-    total = sum(e["requests"] for e in endpoints.values())
-    assert total >= summary.requests
-    # Least-outstanding balancing: the first max_concurrency requests alternate between the two idle endpoints;
-    # after that each endpoint gets work as fast as it finishes it (a server still compiling the JSON grammar of
-    # its first requests gets less), so at least half of max_concurrency each.
+    assert sum(e["requests"] for e in endpoints.values()) == 24
+    # Least-outstanding balancing: the first max_concurrency (16) requests alternate between the two idle
+    # endpoints; after that each endpoint gets work as fast as it finishes it (a server still compiling the JSON
+    # grammar of its first requests gets less), so at least half of max_concurrency each.
     for e in endpoints.values():
         assert e["requests"] >= config.llm.max_concurrency // 2, endpoints
         assert e["failures"] == 0
 
-
-def test_dead_endpoint_leaves_rotation_and_the_run_finishes_on_the_other(vllm_server, second_server, tiny_llama, tmp_path, clients):
-    a, b = vllm_server.base_url, second_server.base_url
-    threshold, cooldown = 2, 3.0
-    llm = tiny_llm_config([a, b], str(tiny_llama), endpoint_failure_threshold=threshold, endpoint_cooldown_s=cooldown,
-                          max_retries=4, backoff_initial_s=0.2, backoff_max_s=1.0)
-    config = make_config(tmp_path, [a, b], str(tiny_llama), run_name="failover", target=32, llm=llm)
-    killed: dict[str, float] = {}
-
-    def kill_b_once_records_flow(counts) -> None:
-        if not killed and counts.accepted >= 8:
-            client = clients[-1]
-            killed["at"] = time.monotonic()
-            killed["a_requests"] = client.endpoints[0].requests
-            killed["b_requests"] = client.endpoints[1].requests
-            killed["b_outstanding"] = client.endpoints[1].outstanding
-            os.killpg(os.getpgid(second_server.process.pid), signal.SIGKILL)
-
-    summary = generate(config, on_progress=kill_b_once_records_flow, export=False)
-    ended = time.monotonic()
-
-    assert killed, "the run finished before any record was accepted"
-    assert not second_server.is_alive()
-    meta = json.loads((config.run_dir / "run.json").read_text())
-    assert meta["status"] == "completed" and summary.accepted >= config.target
-    keys = [(r["request_index"], r["candidate_index"]) for r in read_lines(config.run_dir / "accepted.jsonl")]
-    assert keys == sorted(keys) and len(keys) == len(set(keys))
-
-    endpoints = {e["url"]: e for e in meta["endpoints"]}
-    client_a, client_b = clients[-1].endpoints
-    assert endpoints[a]["failures"] == 0
-    assert endpoints[b]["failures"] >= threshold  # the dead endpoint's failures are counted ...
-    assert meta["faults"].get("connection_error", 0) + meta["faults"].get("bad_response", 0) >= endpoints[b]["failures"]
-    # ... every attempt on it after the kill failed, and so did those in flight at the kill (bar one whose answer
-    # had already arrived) ...
-    b_after = endpoints[b]["requests"] - killed["b_requests"]
-    assert b_after <= endpoints[b]["failures"] <= b_after + killed["b_outstanding"]
-    assert client_b.consecutive_failures >= threshold
-    # ... and it was out of rotation: it only got the occasional probe after each cool-down. Had it stayed in
-    # rotation, least-outstanding balancing would send it nearly every attempt (it fails at once, so it always
-    # has the fewest outstanding), every request would use up its retries there, and the run would fail.
-    probes_allowed = threshold + 4 * ((ended - killed["at"]) / cooldown + 1)
-    assert b_after <= probes_allowed, (b_after, probes_allowed)
-    # The other endpoint took over, the retries of the requests caught on the dead one included.
-    assert endpoints[a]["requests"] - killed["a_requests"] >= max(1, killed["b_outstanding"])

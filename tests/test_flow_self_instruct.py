@@ -11,6 +11,16 @@ from tests.test_generate_vllm import make_config, read_lines
 
 pytestmark = [pytest.mark.vllm, pytest.mark.prefect]
 
+SECRET = "sk-test-SECRET"
+
+
+async def _logs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
 
 async def _artifacts(prefix: str):
     from prefect.client.orchestration import get_client
@@ -33,6 +43,7 @@ def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server
     from flows.self_instruct import self_instruct
 
     config = make_config(tmp_path, [vllm_server.base_url], str(tiny_llama), run_name="flowrun", target=20)
+    config.llm.api_key = SECRET  # vLLM runs without --api-key, so any key is accepted; it must leak nowhere
     state = self_instruct(config, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -69,3 +80,24 @@ def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server
     assert again.is_completed()
     assert (run_dir / "accepted.jsonl").read_bytes() == before
     assert again.result()["records"] == len(accepted)
+
+    # No secret in any output file, Prefect log or artifact.
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    logs = asyncio.run(_logs(state.state_details.flow_run_id))
+    assert logs and not any(SECRET in log.message for log in logs)
+    for artifact in asyncio.run(_artifacts("flowrun-%")):
+        assert SECRET not in json.dumps(artifact.data, default=str)
+
+    # The train-alpaca flow trains on the dataset this flow produced.
+    from flows.train_alpaca import train_alpaca
+    from pipeline.train import TrainConfig
+
+    train_config = TrainConfig(base_model=str(tiny_llama), dataset=str(run_dir), max_steps=2, per_device_train_batch_size=2,
+                               gradient_accumulation_steps=1, num_sample_prompts=1, sample_max_new_tokens=4,
+                               gradient_checkpointing=False)
+    trained = train_alpaca(train_config, return_state=True)
+    assert trained.is_completed(), trained.message
+    adapter = run_dir / "train-lora-alpaca" / "adapter_model.safetensors"
+    assert adapter.stat().st_size > 1000

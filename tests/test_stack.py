@@ -92,15 +92,18 @@ def test_bad_parameter_is_refused_naming_the_field(stack):
     assert "config.target" in refused.stdout + refused.stderr
 
 
-async def _read_artifacts(prefix: str):
+async def _read_artifacts(api_url: str, prefix: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async with get_client() as client:
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+    # Explicitly this stack's server: a session-wide Prefect test harness may be active in the same process.
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
 
 
-def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_llama, monkeypatch):
+def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_llama):
     config = demo_config(stack, tiny_llama, "stackdemo")
     run = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", f"config={json.dumps(config)}", "--watch",
                   timeout=900)
@@ -109,8 +112,7 @@ def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_
     dataset = stack["root"] / "outputs" / "stackdemo" / "alpaca_data.json"
     assert len(json.loads(dataset.read_text())) >= config["target"]
 
-    monkeypatch.setenv("PREFECT_API_URL", stack["env"]["PREFECT_API_URL"])
-    artifacts = {a.key for a in asyncio.run(_read_artifacts("stackdemo-%"))}
+    artifacts = {a.key for a in asyncio.run(_read_artifacts(stack["env"]["PREFECT_API_URL"], "stackdemo-%"))}
     for suffix in ("summary", "samples", "rejected", "rejection-reasons", "lengths", "leading-verbs", "dataset", "progress"):
         assert f"stackdemo-{suffix}" in artifacts
 
