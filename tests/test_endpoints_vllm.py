@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import pytest
 
-import pipeline.generate
 from pipeline.generate import generate
-from pipeline.llm import LLMClient
 from pipeline.server import ManagedServer
-from tests.conftest import _require_vllm, tiny_llm_config, tiny_server_config
-from tests.test_generate_vllm import make_config, read_lines
+from tests.conftest import _require_vllm, tiny_server_config
+from tests.test_generate_vllm import make_config
 
 pytestmark = pytest.mark.vllm
 
@@ -43,20 +38,6 @@ def second_server(_second_spawned, vllm_server):
     ManagedServer._wait_ready(server)
     yield server
     server.stop()  # idempotent; frees the memory when this module is done
-
-
-@pytest.fixture
-def clients(monkeypatch) -> list[LLMClient]:
-    """Every LLMClient the pipeline creates, to look at its endpoints during and after a run."""
-    made: list[LLMClient] = []
-
-    class Recording(LLMClient):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(pipeline.generate, "LLMClient", Recording)
-    return made
 
 
 def test_run_spreads_requests_over_both_endpoints(vllm_server, second_server, tiny_llama, tmp_path):
