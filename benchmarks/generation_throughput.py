@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["ours_over_raw_per_repeat"] = [
             round(o["tokens_per_s"] / r["tokens_per_s"], 3) for o, r in zip(results["ours"], results["raw"])
         ]
-    if "ours" in occupancy and "raw" in occupancy:
+    if occupancy.get("ours") and occupancy.get("raw"):
         # Requests the server was running, on average, under ours against raw: what the client controls.
         summary["ours_over_raw_server_occupancy"] = round(occupancy["ours"] / occupancy["raw"], 3)
     if "rounds" in best and "ours" in best:

@@ -7,7 +7,8 @@
 # initialises the weights itself with --load-format dummy, so nothing is downloaded and no 16 GB file is written.
 #
 # 1. ceiling: `vllm bench throughput` (offline LLM engine, all prompts queued at once, ignore_eos) with random
-#    prompts of our prompts' mean token length and exactly GEN_OUTPUT_LEN output tokens each;
+#    prompts of our prompts' mean token length and exactly GEN_OUTPUT_LEN output tokens each (--random-input-len /
+#    --random-output-len: the plain --input-len/--output-len lose to the random dataset's own defaults);
 # 2. ours: an OpenAI-compatible vLLM server with the same model and engine settings, and
 #    benchmarks/generation_throughput.py --modes raw,ours --response-mode text --ignore-eos against it
 #    (same output length per request, GEN_CONCURRENCY in flight).
@@ -96,12 +97,13 @@ command -v vllm >/dev/null || VLLM_CLI=("$PY" -m vllm.entrypoints.cli.main)
 
 say "ceiling: vllm bench throughput"
 "${VLLM_CLI[@]}" bench throughput --model "$MODEL" "${ENGINE_ARGS[@]}" --dataset-name random \
-  --input-len "$MEAN_PROMPT" --output-len "$OUT_LEN" --num-prompts "$N" --output-json "$WORK/ceiling.json" \
+  --random-input-len "$MEAN_PROMPT" --random-output-len "$OUT_LEN" --num-prompts "$N" --output-json "$WORK/ceiling.json" \
   > "$WORK/ceiling.log" 2>&1 || { tail -40 "$WORK/ceiling.log" >&2; exit 1; }
 tail -3 "$WORK/ceiling.log" >&2
 
 say "ours: vLLM OpenAI server on port $PORT, then benchmarks/generation_throughput.py"
-"$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name bench "${ENGINE_ARGS[@]}" \
+# Dev mode only for POST /reset_prefix_cache between the benchmark's modes (loopback-only server).
+VLLM_SERVER_DEV_MODE=1 "$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL" --served-model-name bench "${ENGINE_ARGS[@]}" \
   --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
@@ -114,11 +116,11 @@ done
   --requests "$N" --concurrency "$C" --max-tokens "$OUT_LEN" --response-mode text --ignore-eos --repeats 1 \
   --workdir "$WORK/pipeline" | tee "$WORK/pipeline.log" >&2
 
-"$PY" - "$WORK/ceiling.json" "$WORK/pipeline.log" "$OUT_LEN" <<'EOF'
-import json, sys
-ceiling = json.load(open(sys.argv[1]))
+"$PY" - "$WORK/ceiling.log" "$WORK/pipeline.log" "$OUT_LEN" <<'EOF'
+import json, re, sys
+# "Throughput: R requests/s, T total tokens/s, O output tokens/s" (the JSON file only has total tokens/s)
+ceiling_tps = float(re.findall(r"([0-9.]+) output tokens/s", open(sys.argv[1]).read())[-1])
 ours = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
-ceiling_tps = ceiling["requests_per_second"] * int(sys.argv[3])  # ignore_eos: every request makes exactly OUT_LEN tokens
 print(json.dumps({
     "benchmark": "gpu_generation", "model": "llama-3-8b shape, random weights, bf16",
     "requests": ours["requests"], "concurrency": ours["concurrency"], "output_len": int(sys.argv[3]),
