@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
 
 from pipeline import report
-from pipeline.config import GenerationConfig, apply_overrides
+from pipeline.config import GenerationConfig
 from pipeline.export import ExportResult, export_run
 from pipeline.generate import GenerationRun, RoundResult, llm_endpoints, mark_status, run_rounds
 from pipeline.server import ManagedServer
@@ -70,13 +70,10 @@ def self_instruct(config: GenerationConfig = GenerationConfig()) -> dict:
 
 
 def start_training(config: GenerationConfig) -> str:
-    """Start the train deployment on the finished dataset, keeping the deployment's other parameters."""
-    from prefect.client.orchestration import get_client
+    """Start the train deployment on the finished dataset; train-alpaca fills the rest from its deployment."""
     from prefect.deployments import run_deployment
 
-    with get_client(sync_client=True) as client:
-        defaults = client.read_deployment_by_name(config.train_deployment).parameters or {}
-    parameters = apply_overrides(defaults, {"config.dataset": str(config.run_dir.resolve())})
+    parameters = {"config": {"dataset": str(config.run_dir.resolve())}}
     flow_run = run_deployment(name=config.train_deployment, parameters=parameters, timeout=0, as_subflow=False)
     get_run_logger().info("started %s: flow run %s", config.train_deployment, flow_run.id)
     return str(flow_run.id)
