@@ -255,6 +255,10 @@ class GenerationRun:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
             self._commit(client)
+            # The next round has a new client: this round's counters become part of the run's totals.
+            self._base_faults = Counter(self.store.meta.get("faults", {}))
+            self._base_usage = Counter(self.store.meta.get("usage", {}))
+            self.faults = Counter()
         reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
         return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
 
