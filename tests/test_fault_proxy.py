@@ -33,34 +33,18 @@ from typing import Any
 import openai
 import pytest
 
-# pytest puts tests/ on sys.path while it has no __init__.py ("prepend" import mode), and
-# the repo root once it becomes a package; support both so this file survives either.
-try:
-    from tests.fault_proxy import (
-        ALL_FAULTS,
-        CONNECTION_RESET,
-        FINISH_LENGTH,
-        HANG,
-        HTTP_429,
-        HTTP_500,
-        HTTP_503,
-        INVALID_JSON_CONTENT,
-        TRUNCATED_BODY,
-        FaultProxy,
-    )
-except ImportError:  # pragma: no cover - depends on how pytest was invoked
-    from fault_proxy import (  # type: ignore[no-redef]
-        ALL_FAULTS,
-        CONNECTION_RESET,
-        FINISH_LENGTH,
-        HANG,
-        HTTP_429,
-        HTTP_500,
-        HTTP_503,
-        INVALID_JSON_CONTENT,
-        TRUNCATED_BODY,
-        FaultProxy,
-    )
+from tests.fault_proxy import (
+    ALL_FAULTS,
+    CONNECTION_RESET,
+    FINISH_LENGTH,
+    HANG,
+    HTTP_429,
+    HTTP_500,
+    HTTP_503,
+    INVALID_JSON_CONTENT,
+    TRUNCATED_BODY,
+    FaultProxy,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
