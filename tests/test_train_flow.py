@@ -17,12 +17,14 @@ pytest.importorskip("peft")
 pytestmark = [pytest.mark.prefect]
 
 
-async def _artifacts(prefix: str):
+async def _artifacts(prefix: str, flow_run_id):
+    """This run's artifacts only: other tests in the session train into directories of the same name."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     async with get_client() as client:
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(like_=prefix), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
 async def _flow_run(flow_run_id):
@@ -57,7 +59,7 @@ def test_train_alpaca_flow_trains_and_publishes_artifacts(tmp_path, prefect_harn
 
     flow_run = asyncio.run(_flow_run(state.state_details.flow_run_id))
     assert flow_run.name and flow_run.flow_id
-    artifacts = {a.key: a for a in asyncio.run(_artifacts("train-%-train-lora-alpaca"))}
+    artifacts = {a.key: a for a in asyncio.run(_artifacts("train-%-train-lora-alpaca", flow_run.id))}
     assert set(artifacts) == {"train-loss-train-lora-alpaca", "train-samples-train-lora-alpaca",
                               "train-report-train-lora-alpaca", "train-progress-train-lora-alpaca"}
     loss_rows = json.loads(artifacts["train-loss-train-lora-alpaca"].data)
