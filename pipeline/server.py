@@ -8,6 +8,7 @@ Prefect cancellation can leave it behind; :meth:`ManagedServer.stop` ends the wh
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import logging
 import os
@@ -26,6 +27,11 @@ from pipeline.config import ServerConfig
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+#: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. Servers are forked from
+#: this one long-lived thread, so that a server (re)started from a short-lived thread -- the watchdog's
+#: asyncio.to_thread(server.restart), whose executor ends with each round's event loop -- is not SIGTERMed then.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-spawn")
 
 
 class ServerError(RuntimeError):
@@ -115,7 +121,8 @@ class ManagedServer:
             log_file.write(f"\n==== starting: {' '.join(cmd)}\n".encode())
             log_file.flush()
             try:
-                self.process = subprocess.Popen(
+                self.process = _SPAWNER.submit(
+                    subprocess.Popen,
                     cmd,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -123,7 +130,7 @@ class ManagedServer:
                     env=self._env(),
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
-                )
+                ).result()
             except FileNotFoundError as exc:
                 raise ServerError(
                     f"cannot start vLLM: {exc.filename} not found. Run `make install` (it creates .venv-vllm), "

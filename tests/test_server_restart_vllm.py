@@ -1,0 +1,61 @@
+"""A managed vLLM server that dies mid-run is restarted, and the restarted server outlives the round that restarted it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from pipeline.generate import GenerationRun, llm_endpoints, run_rounds
+from tests.conftest import _require_vllm, tiny_llm_config, tiny_server_config
+from tests.test_generate_vllm import make_config, read_lines
+
+pytestmark = pytest.mark.vllm
+
+
+def test_killed_managed_server_is_restarted_and_survives_into_the_next_round(tiny_llama, tmp_path):
+    _require_vllm()
+    # Managed mode (no base_urls): the run starts its own server. Retries are spread out enough that the
+    # watchdog (it polls the process every 0.25 s) pauses the client before any request runs out of them.
+    llm = tiny_llm_config([], str(tiny_llama), max_concurrency=4, max_retries=8, backoff_initial_s=0.5)
+    config = make_config(tmp_path, [], str(tiny_llama), run_name="restart", target=1000, tasks_per_request=2,
+                         llm=llm, server=tiny_server_config(max_restarts=1))
+    killed: dict[str, int] = {}
+
+    with llm_endpoints(config) as (base_urls, server):
+        assert server is not None and base_urls == [server.base_url]
+
+        def kill_server_once(counts) -> None:
+            if killed or counts.requests < 2:
+                return
+            killed["pid"] = server.process.pid
+            os.killpg(os.getpgid(server.process.pid), signal.SIGKILL)
+            server.process.wait(timeout=60)
+
+        run = GenerationRun(config, on_progress=kill_server_once).open()
+        try:
+            first = run_rounds(run, base_urls, server, max_requests=6)
+            assert killed and first.next_request_index == 6
+            assert server.restarts == 1 and server.process.pid != killed["pid"]
+            restarted_pid = server.process.pid
+            # The restart ran in a worker thread of the round's event loop, which is gone now. A server whose
+            # parent-death signal was tied to that thread would have been SIGTERMed by now ...
+            time.sleep(5)
+            assert server.is_alive()
+            # ... and the next round would find it dead, restart it again and fail (max_restarts=1).
+            second = run_rounds(run, base_urls, server, max_requests=4)
+            assert second.next_request_index == 10
+            assert server.restarts == 1 and server.process.pid == restarted_pid and server.is_alive()
+        finally:
+            run.close()
+
+    meta = json.loads((config.run_dir / "run.json").read_text())
+    assert meta["counts"]["requests"] == 10 and meta["progress"]["next_request_index"] == 10
+    assert "request_error" not in meta["counts"]["rejected"]
+    assert meta["faults"].get("connection_error", 0) + meta["faults"].get("bad_response", 0) >= 1
+    # Requests and their answers across the restart: written once each, in order.
+    rows = read_lines(config.run_dir / "accepted.jsonl") + read_lines(config.run_dir / "rejected.jsonl")
+    assert {r["request_index"] for r in rows} == set(range(10))
