@@ -110,6 +110,7 @@ class GenerationRun:
         self.usage: Counter = Counter()
         self._base_faults: Counter = Counter()
         self._base_usage: Counter = Counter()
+        self._base_endpoints: list[dict[str, Any]] = []
         self._generation_seconds = 0.0
         self._last_commit = 0.0
         self._consecutive_request_errors = 0
@@ -129,6 +130,7 @@ class GenerationRun:
             self.counts.rejected = Counter(counts.get("rejected", {}))
             self._base_faults = Counter(meta.get("faults", {}))
             self._base_usage = Counter(meta.get("usage", {}))
+            self._base_endpoints = meta.get("endpoints", [])
             self._generation_seconds = meta.get("timings", {}).get("generation_seconds", 0.0)
             self._rebuild_state()
             self.store.update_meta(
@@ -230,12 +232,20 @@ class GenerationRun:
         self._last_commit = time.monotonic()
         watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
         try:
-            while consume < stop and not self.target_reached:
-                budget = self._send_budget(consume)
-                while len(pending) < concurrency and send < stop and send - consume < min(max_ahead, budget):
-                    task = asyncio.create_task(self._request(client, send))
-                    pending[task] = send
+
+            def fill() -> bool:
+                """Send while a slot is free and the window allows; True if anything was sent."""
+                nonlocal send
+                limit = min(max_ahead, self._send_budget(consume))
+                sent = False
+                while len(pending) < concurrency and send < stop and send - consume < limit:
+                    pending[asyncio.create_task(self._request(client, send))] = send
                     send += 1
+                    sent = True
+                return sent
+
+            while consume < stop and not self.target_reached:
+                fill()
                 if consume not in arrived:
                     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -244,6 +254,10 @@ class GenerationRun:
                     self._consume(arrived.pop(consume))
                     consume += 1
                     self.next_index = consume
+                    # After a stall, up to max_ahead results are ready at once: send what each consumed one frees
+                    # right away, and let those requests start before consuming on.
+                    if fill():
+                        await asyncio.sleep(0)
                     if time.monotonic() - self._last_commit >= cfg.commit_interval_s:
                         self._commit(client)
         finally:
@@ -258,16 +272,19 @@ class GenerationRun:
             # The next round has a new client: this round's counters become part of the run's totals.
             self._base_faults = Counter(self.store.meta.get("faults", {}))
             self._base_usage = Counter(self.store.meta.get("usage", {}))
+            self._base_endpoints = self.store.meta.get("endpoints", [])
             self.faults = Counter()
         reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
         return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
 
     def _send_budget(self, consume: int) -> float:
         """Requests worth sending beyond the oldest unconsumed one, from the yield observed so far."""
-        if self.counts.requests < 8:
-            return math.inf
-        per_request = max(self.counts.accepted / self.counts.requests, 0.05)
         remaining = self.config.target - self.counts.accepted
+        if self.counts.requests < 8:
+            # No yield observed yet: no more than the target could use if every task were accepted, plus one
+            # concurrency's worth (a small run otherwise sends up to max_ahead requests for nothing).
+            return math.ceil(remaining / self.config.tasks_per_request) + self.config.llm.max_concurrency
+        per_request = max(self.counts.accepted / self.counts.requests, 0.05)
         return math.ceil(1.25 * remaining / per_request) + 1
 
     async def _request(self, client: LLMClient, index: int) -> Outcome:
@@ -354,11 +371,21 @@ class GenerationRun:
                 "generation_seconds": round(seconds, 3),
                 "accepted_per_second": round(self.counts.accepted / seconds, 3) if seconds else 0.0,
             },
-            endpoints=client.endpoint_summary(),
+            endpoints=_merge_endpoints(self._base_endpoints, client.endpoint_summary()),
         )
 
 
-async def _watch_server(server: ManagedServer, client: LLMClient, interval_s: float = 1.0) -> None:
+def _merge_endpoints(base: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-URL request and failure counts of earlier rounds and sessions plus this round's client."""
+    merged = {e["url"]: dict(e) for e in base}
+    for e in current:
+        total = merged.setdefault(e["url"], {"url": e["url"], "requests": 0, "failures": 0})
+        total["requests"] += e["requests"]
+        total["failures"] += e["failures"]
+    return list(merged.values())
+
+
+async def _watch_server(server: ManagedServer, client: LLMClient, interval_s: float = 0.25) -> None:
     """Restart a managed server that died mid-run; requests wait (without spending retries) meanwhile."""
     from pipeline.server import ServerError
 

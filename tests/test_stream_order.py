@@ -211,8 +211,6 @@ class SlowConsumerRun(RecordingRun):
         super()._consume(outcome)
 
 
-@pytest.mark.xfail(strict=True, reason="run_round refills only after consuming the whole reorder buffer (patch P1 in "
-                   "the throughput report); remove this marker when it lands")
 def test_sending_resumes_while_a_backlog_is_consumed(tmp_path):
     """When the stuck request comes back, max_ahead results are ready at once; sending must not wait for all of them."""
     concurrency, max_ahead = 4, 16
