@@ -7,6 +7,8 @@ makes one from any run name.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import logging
 import re
 import time
@@ -15,6 +17,9 @@ from typing import Any, Iterable, Mapping
 from uuid import UUID
 
 log = logging.getLogger(__name__)
+
+#: Progress updates are HTTP calls; made from the generation loop's thread they would stall its event loop.
+_PROGRESS_SENDER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-progress")
 
 
 def in_prefect_run() -> bool:
@@ -71,21 +76,36 @@ class Progress:
         self.value = 0.0
         self._id: UUID | None = None
         self._last_sent = 0.0
+        self._pending: concurrent.futures.Future | None = None
 
     def update(self, percent: float) -> None:
-        """Record progress; sent to Prefect at most every ``min_interval_s`` (and always at 100 %)."""
+        """Record progress; sent to Prefect at most every ``min_interval_s`` (and always at 100 %).
+
+        Sent from a background thread, so a slow API never holds up the caller; the 100 % update waits until
+        it is on the server. While one update is on its way, later ones are skipped (the next carries the newest).
+        """
         self.value = max(0.0, min(100.0, float(percent)))
         now = time.monotonic()
-        if not in_prefect_run() or (now - self._last_sent < self.min_interval_s and self.value < 100.0):
+        final = self.value >= 100.0
+        if not in_prefect_run() or (now - self._last_sent < self.min_interval_s and not final):
+            return
+        if self._pending is not None and not self._pending.done() and not final:
             return
         self._last_sent = now
+        future = _PROGRESS_SENDER.submit(contextvars.copy_context().run, self._send, self.value)
+        if final:
+            future.result()
+        else:
+            self._pending = future
+
+    def _send(self, value: float) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         try:
             if self._id is None:
-                self._id = create_progress_artifact(progress=self.value, key=self.key, description=self.description, _sync=True)
+                self._id = create_progress_artifact(progress=value, key=self.key, description=self.description, _sync=True)
             else:
-                update_progress_artifact(artifact_id=self._id, progress=self.value, _sync=True)
+                update_progress_artifact(artifact_id=self._id, progress=value, _sync=True)
         except Exception as exc:  # a reporting hiccup must never fail the data run
             log.warning("could not update progress artifact %s: %s", self.key, exc)
 
