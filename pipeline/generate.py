@@ -107,7 +107,7 @@ class GenerationRun:
         self.filters: FilterChain | None = None
         self.dedup = None
         self.faults: Counter = Counter()
-        self.usage: Counter = Counter()
+        # Run totals committed before the current round; its new client counts from zero on top of them.
         self._base_faults: Counter = Counter()
         self._base_usage: Counter = Counter()
         self._base_endpoints: list[dict[str, Any]] = []
@@ -128,9 +128,6 @@ class GenerationRun:
             self.counts.requests = counts.get("requests", 0)
             self.counts.candidates = counts.get("candidates", 0)
             self.counts.rejected = Counter(counts.get("rejected", {}))
-            self._base_faults = Counter(meta.get("faults", {}))
-            self._base_usage = Counter(meta.get("usage", {}))
-            self._base_endpoints = meta.get("endpoints", [])
             self._generation_seconds = meta.get("timings", {}).get("generation_seconds", 0.0)
             self._rebuild_state()
             self.store.update_meta(
@@ -229,6 +226,7 @@ class GenerationRun:
         pending: dict[asyncio.Task, int] = {}
         arrived: dict[int, Outcome] = {}
         send = consume = self.next_index
+        self._start_totals()
         self._last_commit = time.monotonic()
         watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
         try:
@@ -236,7 +234,7 @@ class GenerationRun:
             def fill() -> bool:
                 """Send while a slot is free and the window allows; True if anything was sent."""
                 nonlocal send
-                limit = min(max_ahead, self._send_budget(consume))
+                limit = min(max_ahead, self._send_budget())
                 sent = False
                 while len(pending) < concurrency and send < stop and send - consume < limit:
                     pending[asyncio.create_task(self._request(client, send))] = send
@@ -269,15 +267,18 @@ class GenerationRun:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
             self._commit(client)
-            # The next round has a new client: this round's counters become part of the run's totals.
-            self._base_faults = Counter(self.store.meta.get("faults", {}))
-            self._base_usage = Counter(self.store.meta.get("usage", {}))
-            self._base_endpoints = self.store.meta.get("endpoints", [])
-            self.faults = Counter()
         reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
         return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
 
-    def _send_budget(self, consume: int) -> float:
+    def _start_totals(self) -> None:
+        """Take the committed run totals as the base that this round's counters add to."""
+        meta = self.store.meta
+        self._base_faults = Counter(meta.get("faults", {}))
+        self._base_usage = Counter(meta.get("usage", {}))
+        self._base_endpoints = meta.get("endpoints", [])
+        self.faults = Counter()
+
+    def _send_budget(self) -> float:
         """Requests worth sending beyond the oldest unconsumed one, from the yield observed so far."""
         remaining = self.config.target - self.counts.accepted
         if self.counts.requests < 8:
