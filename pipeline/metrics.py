@@ -11,7 +11,7 @@ a reading before and one after the run. With ``--data-parallel-size`` each engin
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import httpx
 
@@ -35,60 +35,35 @@ def parse_prometheus_text(text: str) -> dict[str, float]:
 
     Histogram buckets and summary quantiles (samples with an ``le`` or ``quantile`` label) are skipped: a sum
     over bucket bounds means nothing; their ``_sum`` and ``_count`` samples are kept. ``_created`` samples
-    (timestamps) are skipped too. Unparseable lines are ignored rather than failing a run over a report.
+    (timestamps) are skipped too. Parsing is ``prometheus_client``'s; where it rejects the text, the lines are
+    parsed one by one and those it rejects are ignored, rather than failing a run over a report.
     """
     values: dict[str, float] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for sample in _samples(text):
+        if sample.name.endswith("_created") or "le" in sample.labels or "quantile" in sample.labels:
             continue
-        parsed = _parse_sample(line)
-        if parsed is None:
-            continue
-        name, labels, value = parsed
-        if name.endswith("_created") or "le" in labels or "quantile" in labels:
-            continue
-        values[name] = values.get(name, 0.0) + value
+        values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
 
 
-def _parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
-    brace = line.find("{")
-    space = line.find(" ")
-    labels: dict[str, str] = {}
-    if brace != -1 and (space == -1 or brace < space):
-        name = line[:brace]
-        pos = brace + 1
-        # label="value" pairs; values may hold escaped quotes, commas, spaces and braces.
-        while pos < len(line) and line[pos] != "}":
-            eq = line.find("=", pos)
-            if eq == -1 or eq + 1 >= len(line) or line[eq + 1] != '"':
-                return None
-            key = line[pos:eq].strip().lstrip(",").strip()
-            pos = eq + 2
-            chars = []
-            while pos < len(line) and line[pos] != '"':
-                if line[pos] == "\\" and pos + 1 < len(line):
-                    pos += 1
-                    chars.append({"n": "\n"}.get(line[pos], line[pos]))
-                else:
-                    chars.append(line[pos])
-                pos += 1
-            labels[key] = "".join(chars)
-            pos += 1  # closing quote
-            while pos < len(line) and line[pos] in ", ":
-                pos += 1
-        rest = line[pos + 1 :].split()
-    else:
-        parts = line.split()
-        name, rest = parts[0], parts[1:]
-    if not rest:
-        return None
+def _samples(text: str) -> list[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def parse(chunk: str) -> list[Any]:
+        return [sample for family in text_string_to_metric_families(chunk) for sample in family.samples]
+
     try:
-        value = float(rest[0])  # handles NaN, +Inf, -Inf
+        return parse(text if text.endswith("\n") else text + "\n")
     except ValueError:
-        return None
-    return name, labels, value
+        pass
+    samples: list[Any] = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                samples += parse(line + "\n")
+            except ValueError:
+                continue
+    return samples
 
 
 def read_vllm_metrics(
