@@ -150,7 +150,7 @@ def test_packed_batch_gives_same_loss_as_separate_examples(trained):
     """Padding-free rows must not let examples attend to each other (checked on the trained model)."""
     from transformers import AutoTokenizer
 
-    from pipeline.train.data import PaddingFreeCollator, PadToLongestCollator, tokenize_records
+    from pipeline.train.data import pad_to_longest_collator, padding_free_collator, tokenize_records
     from pipeline.train.templates import load_template
 
     _, config, result = trained
@@ -158,9 +158,9 @@ def test_packed_batch_gives_same_loss_as_separate_examples(trained):
     examples, _ = tokenize_records(tokenizer, load_template(config.template), fixed_records()[:4], 512)
     model = result.model.eval()
     with torch.no_grad():
-        packed = PaddingFreeCollator()(examples)
+        packed = padding_free_collator()(examples)
         packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
-        padded = PadToLongestCollator(tokenizer.pad_token_id)(examples)
+        padded = pad_to_longest_collator(tokenizer)(examples)
         padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
     offset = 0
     for row, example in enumerate(examples):

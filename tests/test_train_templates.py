@@ -16,10 +16,10 @@ from pipeline.tiny import build_tokenizer  # noqa: E402
 from pipeline.train.data import (  # noqa: E402
     IGNORE_INDEX,
     DatasetError,
-    PaddingFreeCollator,
-    PadToLongestCollator,
     ensure_pad_token,
     load_records,
+    pad_to_longest_collator,
+    padding_free_collator,
     split_records,
     tokenize_records,
 )
@@ -114,7 +114,7 @@ def test_llama_tokenizer_gets_a_pad_that_is_not_eos():
 @pytest.mark.parametrize("template_name", ["alpaca", "koalpaca"])
 def test_pad_to_longest_masks_padding_by_position_even_when_pad_is_eos(tokenizer, template_name):
     examples, _ = tokenize_records(tokenizer, load_template(template_name), [WITH_INPUT, NO_INPUT], 2048)
-    batch = PadToLongestCollator(pad_token_id=tokenizer.pad_token_id)(examples)
+    batch = pad_to_longest_collator(tokenizer)(examples)
     assert batch["input_ids"].shape[1] % 8 == 0
     for row, example in enumerate(examples):
         length = len(example["input_ids"])
@@ -126,7 +126,7 @@ def test_pad_to_longest_masks_padding_by_position_even_when_pad_is_eos(tokenizer
 
 def test_padding_free_batch_has_no_padding_and_restarting_positions(tokenizer):
     examples, _ = tokenize_records(tokenizer, load_template("koalpaca"), [WITH_INPUT, NO_INPUT, WITH_INPUT], 2048)
-    batch = PaddingFreeCollator()(examples)
+    batch = padding_free_collator()(examples)
     lengths = [len(example["input_ids"]) for example in examples]
     assert batch["input_ids"].shape == (1, sum(lengths))
     assert "attention_mask" not in batch

@@ -4,15 +4,15 @@ Label rules, which the old scripts got wrong:
 
 * labels are ``-100`` exactly over the prompt tokens (unless ``train_on_inputs``), and the EOS token that ends
   the response is always a label, so the fine-tuned model learns to stop;
-* padding is masked by *position* (the collator knows each example's length), never by comparing token ids
-  with ``pad_token_id``: GPT-NeoX / Polyglot-ko tokenizers use one id for pad and EOS, and masking by id
+* padding is masked by *position* (transformers' collators know each example's length), never by comparing
+  token ids with ``pad_token_id``: GPT-NeoX / Polyglot-ko tokenizers use one id for pad and EOS, and masking by id
   silently removed every EOS from the loss.
 
 Prompt and response are tokenised separately and concatenated, so the prompt tokens are exactly what an
 inference server produces for the prompt alone and the prompt/response boundary is exact.
 
-This module needs only ``torch`` (and ``datasets`` for ``save_to_disk`` directories), so benchmarks on bare
-machines can import it.
+Batching is transformers' own: ``DataCollatorWithFlattening`` (padding-free) and ``DataCollatorForSeq2Seq``
+(padded, as alpaca-lora). ``datasets`` is needed only for ``save_to_disk`` directories.
 """
 
 from __future__ import annotations
@@ -255,61 +255,30 @@ class ListDataset:
         return self.examples[index]
 
 
-@dataclass
-class PaddingFreeCollator:
-    """Concatenate a micro-batch into a single row with position ids restarting at 0 for each example.
+def padding_free_collator() -> Any:
+    """transformers' ``DataCollatorWithFlattening``: a micro-batch becomes one row, position ids restart per example.
 
-    transformers turns restarting position ids into a block-diagonal causal mask (sdpa/eager) or varlen
-    boundaries (flash attention), so examples never attend to each other and no token is padding. The first
-    label of every example is ignored so that the last token of one example does not learn to predict the
-    first token of the next. Requires ``use_cache=False`` in training: with a cache, transformers skips the
-    packed-sequence detection and the examples would attend to each other.
+    transformers turns restarting position ids into per-example attention (``sdpa_packed``, flash attention's
+    varlen kernels), so examples never attend to each other and no token is padding. The first label of every
+    example is ignored so that the last token of one example does not learn to predict the first token of the
+    next. Requires ``use_cache=False`` in training: with a cache, transformers skips the packed-sequence
+    detection and the examples would attend to each other.
     """
+    from transformers import DataCollatorWithFlattening
 
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
-        import torch
-
-        input_ids: list[int] = []
-        labels: list[int] = []
-        position_ids: list[int] = []
-        for feature in features:
-            ids = list(feature["input_ids"])
-            input_ids += ids
-            labels += [IGNORE_INDEX] + list(feature["labels"][1:])
-            position_ids += range(len(ids))
-        return {
-            "input_ids": torch.tensor([input_ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([position_ids], dtype=torch.long),
-        }
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
 
 
-@dataclass
-class PadToLongestCollator:
-    """Right-pad a micro-batch to its longest example (rounded up to ``pad_to_multiple_of``).
+def pad_to_longest_collator(tokenizer: Any, pad_to_multiple_of: int = 8) -> Any:
+    """transformers' ``DataCollatorForSeq2Seq`` (alpaca-lora's collator): right-pad to the longest example.
 
     Padding is marked by position: ``attention_mask`` 0 and labels ``IGNORE_INDEX`` after each example's own
     length, whatever the pad id is, so an EOS equal to the pad token keeps its label.
     """
+    from transformers import DataCollatorForSeq2Seq
 
-    pad_token_id: int
-    pad_to_multiple_of: int = 8
-
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
-        import torch
-
-        longest = max(len(feature["input_ids"]) for feature in features)
-        if self.pad_to_multiple_of > 1:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-        for row, feature in enumerate(features):
-            length = len(feature["input_ids"])
-            input_ids[row, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
-            labels[row, :length] = torch.tensor(feature["labels"], dtype=torch.long)
-            attention_mask[row, :length] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=pad_to_multiple_of,
+                                  label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def count_real_tokens(batch: Mapping[str, Any]) -> int:
