@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline import report
+from pipeline.store import read_jsonl, write_json_atomic
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import (
     DatasetError,
     ListDataset,
-    PaddingFreeCollator,
-    PadToLongestCollator,
     Record,
     count_real_tokens,
     ensure_pad_token,
     load_records,
+    pad_to_longest_collator,
+    padding_free_collator,
     split_records,
     tokenize_records,
 )
@@ -298,7 +299,6 @@ def _make_logging_callback(loss_file: Path | None, progress_key: str, is_main: b
 
         def __init__(self) -> None:
             self.trainer: Any = None
-            self.rows: list[dict[str, Any]] = []
             self.progress = report.Progress(progress_key, description="fine-tuning progress")
             self._start_time = 0.0
             self._last_time = 0.0
@@ -341,7 +341,6 @@ def _make_logging_callback(loss_file: Path | None, progress_key: str, is_main: b
                 "tokens_per_second": round(rate, 2),
                 "elapsed_s": round(now - self._start_time, 4),
             }
-            self.rows.append(row)
             if not is_main:
                 return
             if loss_file is not None:
@@ -377,7 +376,7 @@ def build_trainer(
     progress_key: str = "train-progress",
     training_args: Any = None,
 ):
-    """A token-counting ``Trainer`` with a loss/throughput logger in ``trainer.loss_logger``.
+    """A token-counting ``Trainer`` that logs loss and tokens/s (``loss_file``, progress, Prefect).
 
     ``data_collator`` defaults to the padding-free or pad-to-longest collator that ``config`` asks for;
     benchmarks pass another one to compare batching strategies on otherwise identical training.
@@ -387,8 +386,7 @@ def build_trainer(
     if training_args is None:
         training_args = build_training_arguments(config, precision)
     if data_collator is None:
-        data_collator = (PaddingFreeCollator() if config.padding_free
-                         else PadToLongestCollator(pad_token_id=tokenizer.pad_token_id))
+        data_collator = padding_free_collator() if config.padding_free else pad_to_longest_collator(tokenizer)
     logger_callback = _make_logging_callback(loss_file, progress_key, training_args.process_index == 0,
                                              training_args.world_size)
     trainer = _make_trainer_class()(
@@ -402,7 +400,6 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # the logger reports instead of printing raw dicts
     logger_callback.trainer = trainer
-    trainer.loss_logger = logger_callback
     return trainer
 
 
@@ -559,7 +556,7 @@ def train(config: TrainConfig) -> TrainResult:
         paths.merged_dir = merge_adapter(config, output_dir, output_dir / "merged", precision)
 
     runtime = float(train_output.metrics.get("train_runtime", 0.0))
-    rows = _read_jsonl(paths.loss_file)  # the whole curve, also across resumed sessions
+    rows = list(read_jsonl(paths.loss_file))  # the whole curve, also across resumed sessions
     metrics: dict[str, Any] = {
         "method": config.method,
         "template": config.template,
@@ -592,9 +589,9 @@ def train(config: TrainConfig) -> TrainResult:
     resolved = {**config.to_json_dict(), "learning_rate": config.resolved_learning_rate,
                 "optim": resolve_optimizer(config), "precision": precision,
                 "target_modules": resolve_target_modules(model.get_base_model(), config.target_modules)}
-    _write_json(paths.config_file, resolved)
-    _write_json(paths.metrics_file, metrics)
-    _write_json(paths.samples_file, samples)
+    write_json_atomic(paths.config_file, resolved)
+    write_json_atomic(paths.metrics_file, metrics)
+    write_json_atomic(paths.samples_file, samples)
     _publish(run_name, config, paths, rows, samples)
     return paths
 
@@ -638,18 +635,8 @@ def _checkpoint_step(checkpoint: str) -> int:
 def _truncate_loss_file(path: Path, last_step: int) -> None:
     if not path.exists():
         return
-    kept = [row for row in _read_jsonl(path) if row.get("step", 0) <= last_step]
+    kept = [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
     path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _publish(run_name: str, config: TrainConfig, paths: TrainResult, rows: list[dict[str, Any]],
