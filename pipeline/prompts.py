@@ -16,11 +16,10 @@ from typing import Any, Sequence
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROMPTS_DIR
 from pipeline.config import ConfigError
 from pipeline.seeds import SeedTask
 
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
 DEFAULT_TEMPLATES = {"en": "generate_en.jinja", "ko": "generate_ko.jinja"}
 
 

@@ -14,11 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pipeline import PROJECT_ROOT
+from pipeline import PROMPTS_DIR
 
 TemplateName = Literal["alpaca", "koalpaca"]
 TEMPLATE_NAMES: tuple[str, ...] = ("alpaca", "koalpaca")
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
 _REQUIRED_KEYS = ("prompt_input", "prompt_no_input", "response_split")
 
 
