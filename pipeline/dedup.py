@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 import unicodedata
@@ -38,6 +36,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
+
+from pipeline.store import atomic_text_file
 
 log = logging.getLogger(__name__)
 
@@ -564,12 +564,6 @@ def _decision_records(decisions: list[Decision]) -> Iterator[dict[str, Any]]:
 
 def _write_jsonl_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path) as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
