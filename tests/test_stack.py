@@ -1,7 +1,7 @@
 """The operated stack, as users run it: `flows/stack.sh up` (what `make up` calls), the Prefect CLI, `down`.
 
 A real Prefect server and worker are started the way `make up` starts them (on a free port, with a private
-PREFECT_HOME and PID directory), and the demo deployment runs a managed vLLM CPU server with the tiny model.
+PREFECT_HOME and PID directory), and the demo deployment runs a managed vLLM CPU server with the real demo model (SmolLM2).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline.server import free_port
-from tests.conftest import PROJECT_ROOT, _require_vllm
+from tests.conftest import PROJECT_ROOT, _require_vllm, server_processes
 
 pytestmark = [pytest.mark.vllm, pytest.mark.prefect, pytest.mark.slow]
 
@@ -37,7 +36,7 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_llama):
+def stack(tmp_path_factory):
     _require_vllm()
     root = tmp_path_factory.mktemp("stack")
     port = free_port()
@@ -62,16 +61,17 @@ def prefect(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProc
     return subprocess.run([PREFECT, *args], env=stack["env"], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
 
 
-def demo_config(stack, tiny_llama, run_name: str) -> dict:
-    """The demo deployment's own parameters, pointed at a private output dir and model copy."""
+def demo_config(stack, model: Path, run_name: str, target: int) -> dict:
+    """The demo deployment's own parameters, pointed at a private output dir and a private path to its model."""
     spec = yaml.safe_load((PROJECT_ROOT / "flows" / "prefect.yaml").read_text())
     config = next(d for d in spec["deployments"] if d["name"] == "demo")["parameters"]["config"]
-    model = stack["root"] / f"model-{run_name}"
-    if not model.exists():
-        shutil.copytree(tiny_llama, model)
+    assert config["llm"]["model"] == "outputs/_models/smollm2-135m-instruct"
+    private = stack["root"] / f"model-{run_name}"  # only this run's server names this path
+    if not private.exists():
+        private.symlink_to(model, target_is_directory=True)
     config = json.loads(json.dumps(config))
-    config.update(run_name=run_name, output_dir=str(stack["root"] / "outputs"))
-    config["llm"]["model"] = str(model)
+    config.update(run_name=run_name, output_dir=str(stack["root"] / "outputs"), target=target)
+    config["llm"]["model"] = str(private)
     return config
 
 
@@ -103,8 +103,8 @@ async def _read_artifacts(api_url: str, prefix: str):
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
 
 
-def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_llama):
-    config = demo_config(stack, tiny_llama, "stackdemo")
+def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, smollm2):
+    config = demo_config(stack, smollm2, "stackdemo", target=6)
     run = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", f"config={json.dumps(config)}", "--watch",
                   timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -117,22 +117,17 @@ def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, tiny_
         assert f"stackdemo-{suffix}" in artifacts
 
 
-def _vllm_for(model: Path) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if str(model) in (p.info.get("cmdline") or [])
-            and any("vllm" in part for part in p.info["cmdline"])]
-
-
-def test_cancelling_a_run_stops_its_vllm_server(stack, tiny_llama):
-    config = demo_config(stack, tiny_llama, "stackcancel")
-    config["target"] = 100000  # long enough to be cancelled mid-run
+def test_cancelling_a_run_stops_its_vllm_server(stack, smollm2):
+    config = demo_config(stack, smollm2, "stackcancel", target=100000)  # long enough to be cancelled mid-run
     started = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", f"config={json.dumps(config)}")
     assert started.returncode == 0, started.stderr
     flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
     model = Path(config["llm"]["model"])
+    groups: set[int] = set()  # the server's process groups: its engine core and workers name no model
     deadline = time.monotonic() + 600
-    while not _vllm_for(model) and time.monotonic() < deadline:
+    while not server_processes(model, groups) and time.monotonic() < deadline:
         time.sleep(2)
-    servers = _vllm_for(model)
+    servers = server_processes(model, groups)
     assert servers, "the flow run never started its vLLM server"
     stack["processes"].extend(servers)
     time.sleep(5)
@@ -140,9 +135,9 @@ def test_cancelling_a_run_stops_its_vllm_server(stack, tiny_llama):
     cancel = prefect(stack, "flow-run", "cancel", flow_run_id)
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     cancelled_at = time.monotonic()
-    while _vllm_for(model) and time.monotonic() - cancelled_at < 30:
+    while server_processes(model, groups) and time.monotonic() - cancelled_at < 30:
         time.sleep(1)
-    assert not _vllm_for(model), "vLLM still running 30 s after the cancel"
+    assert not server_processes(model, groups), "vLLM still running 30 s after the cancel"
     state = ""
     while time.monotonic() - cancelled_at < 60:
         state = prefect(stack, "flow-run", "inspect", flow_run_id).stdout
