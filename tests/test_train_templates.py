@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -193,6 +194,55 @@ def test_bad_jsonl_line_and_missing_paths_are_named(tmp_path):
         load_records(tmp_path)
     with pytest.raises(DatasetError, match="not found"):
         load_records(tmp_path / "missing.json")
+
+
+def test_self_instruct_seed_tasks_give_one_record_per_instance(tmp_path):
+    from pipeline import PROJECT_ROOT
+
+    seeds = PROJECT_ROOT / "seeds" / "seed_tasks.jsonl"
+    records = load_records(seeds)
+    tasks = [json.loads(line) for line in seeds.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(records) == sum(len(task["instances"]) for task in tasks)
+    first = tasks[0]
+    assert records[0] == {"instruction": first["instruction"], "input": first["instances"][0]["input"],
+                          "output": first["instances"][0]["output"]}
+
+    path = tmp_path / "tasks.jsonl"
+    task = {"id": "t1", "name": "x", "instruction": "Add the numbers.", "is_classification": False,
+            "instances": [{"input": "1 2", "output": "3"}, {"output": "0"}, {"input": None, "output": "0"}]}
+    path.write_text(json.dumps(task) + "\n\n" + json.dumps({**task, "id": "t2"}) + "\n", encoding="utf-8")
+    assert load_records(path) == 2 * [{"instruction": "Add the numbers.", "input": "1 2", "output": "3"},
+                                      {"instruction": "Add the numbers.", "input": "", "output": "0"},
+                                      {"instruction": "Add the numbers.", "input": "", "output": "0"}]
+    assert len(load_records(path, max_samples=4)) == 4
+    listed = tmp_path / "tasks.json"
+    listed.write_text(json.dumps([task]), encoding="utf-8")
+    assert len(load_records(listed)) == 3
+
+
+SEED_TASK = {"id": "t", "instruction": "Say hi.", "instances": [{"input": "", "output": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({**SEED_TASK, "instances": []}, "record 1: 'instances' must be a non-empty list"),
+        ({**SEED_TASK, "instances": None}, "record 1: 'instances' must be a non-empty list"),
+        ({k: v for k, v in SEED_TASK.items() if k != "instances"}, "record 1: 'instances' must be a non-empty list"),
+        ({**SEED_TASK, "instruction": " "}, "record 1: 'instruction' must be a non-empty string"),
+        ({**SEED_TASK, "instances": [{"input": "x", "output": "y"}, {"input": "x"}]},
+         r"record 1: 'instances\[1\]\.output' must be a string"),
+        ({**SEED_TASK, "instances": [{"input": 3, "output": "y"}]}, r"record 1: 'instances\[0\]\.input' must be a string"),
+        ({**SEED_TASK, "instances": ["y"]}, r"record 1: 'instances\[0\]' must be an object"),
+        (["not", "a", "task"], "record 1: expected a Self-Instruct task object"),
+    ],
+)
+def test_bad_seed_task_errors_name_file_line_and_field(tmp_path, bad, message):
+    path = tmp_path / "seed_tasks.jsonl"
+    # Line 2 is blank, so the bad task (record 1) is on line 3.
+    path.write_text(json.dumps(SEED_TASK) + "\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:3: {message}"):
+        load_records(path)
 
 
 def test_split_holds_out_disjoint_samples_and_validation():

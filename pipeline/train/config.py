@@ -44,8 +44,9 @@ class TrainConfig(BaseModel):
     )
     dataset: str = Field(
         description="Training data: a self-instruct run directory (outputs/<run>/ with alpaca_data.json or "
-        "accepted.jsonl), a datasets.save_to_disk directory, or an alpaca_data.json / .jsonl file of "
-        "{instruction, input, output} records.",
+        "accepted.jsonl), a datasets.save_to_disk directory, an alpaca_data.json / .jsonl file of "
+        "{instruction, input, output} records, or a Self-Instruct task file such as seeds/seed_tasks.jsonl "
+        "({instruction, instances: [{input, output}]}, one record per instance).",
         min_length=1,
     )
     output_dir: str | None = Field(

@@ -50,6 +50,9 @@ def load_records(path: str | Path, max_samples: int | None = None) -> list[Recor
     Accepted: a self-instruct run directory holding ``alpaca_data.json`` (else ``accepted.jsonl``), a
     ``datasets.save_to_disk`` directory (its ``train`` split if it is a ``DatasetDict``), a JSON list file or a
     JSON-lines file. Extra keys of each record (generation metadata) are dropped; a missing ``input`` is "".
+
+    A file of Self-Instruct tasks (``seeds/seed_tasks.jsonl``: ``{instruction, instances: [{input, output}]}``,
+    recognised by the ``instances`` key of its first record) gives one record per instance.
     """
     path = Path(path)
     if not path.exists():
@@ -58,18 +61,25 @@ def load_records(path: str | Path, max_samples: int | None = None) -> list[Recor
         source, raw = _load_directory(path)
     else:
         source, raw = path, _load_file(path)
-    records = [_clean_record(source, index, item) for index, item in enumerate(raw)]
+    if raw and isinstance(raw[0][1], Mapping) and "instances" in raw[0][1]:
+        records = [record for where, item in raw for record in _seed_task_records(where, item)]
+    else:
+        records = [_clean_record(where, item) for where, item in raw]
     if not records:
         raise DatasetError(f"{source}: dataset has no records")
     return records[:max_samples] if max_samples else records
 
 
-def _load_directory(path: Path) -> tuple[Path, list[Any]]:
+#: A raw record and where it came from ("FILE: record N", or "FILE:LINE: record N" for JSON lines).
+Located = tuple[str, Any]
+
+
+def _load_directory(path: Path) -> tuple[Path, list[Located]]:
     for name in RUN_DIR_FILES:
         if (path / name).is_file():
             return path / name, _load_file(path / name)
     if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        return path, _load_hf_dataset(path)
+        return path, [(f"{path}: record {index}", item) for index, item in enumerate(_load_hf_dataset(path))]
     raise DatasetError(
         f"{path}: directory has neither {' nor '.join(RUN_DIR_FILES)} nor a datasets.save_to_disk layout "
         "(dataset_info.json / dataset_dict.json)"
@@ -92,18 +102,20 @@ def _load_hf_dataset(path: Path) -> list[Any]:
     return list(loaded)
 
 
-def _load_file(path: Path) -> list[Any]:
+def _load_file(path: Path) -> list[Located]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text: {exc}") from None
     if path.suffix.lower() == ".jsonl":
-        items = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
+        items: list[Located] = []
+        # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 or \x0c, which splitlines() would
+        # treat as a line break (breaking the line and shifting every later line number).
+        for line_number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append((f"{path}:{line_number}: record {len(items)}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{line_number}: invalid JSON line: {exc.msg}") from None
         return items
@@ -113,11 +125,10 @@ def _load_file(path: Path) -> list[Any]:
         raise DatasetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of {{instruction, input, output}} records")
-    return data
+    return [(f"{path}: record {index}", item) for index, item in enumerate(data)]
 
 
-def _clean_record(source: Path, index: int, item: Any) -> Record:
-    where = f"{source}: record {index}"
+def _clean_record(where: str, item: Any) -> Record:
     if not isinstance(item, Mapping):
         raise DatasetError(f"{where}: expected an object with instruction/input/output, got {type(item).__name__}")
     instruction, output, input_text = item.get("instruction"), item.get("output"), item.get("input")
@@ -130,6 +141,38 @@ def _clean_record(source: Path, index: int, item: Any) -> Record:
     if not isinstance(input_text, str):
         raise DatasetError(f"{where}: 'input' must be a string")
     return {"instruction": instruction, "input": input_text, "output": output}
+
+
+def _seed_task_records(where: str, item: Any) -> list[Record]:
+    """The Alpaca records of one Self-Instruct task: its instruction with each instance's input and output.
+
+    Other keys (``id``, ``name``, ``is_classification``) are dropped. Errors name the field, e.g.
+    ``seed_tasks.jsonl:7: record 6: 'instances[0].output' must be a string``.
+    """
+    if not isinstance(item, Mapping):
+        raise DatasetError(f"{where}: expected a Self-Instruct task object with instruction/instances, "
+                           f"got {type(item).__name__}")
+    instruction, instances = item.get("instruction"), item.get("instances")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise DatasetError(f"{where}: 'instruction' must be a non-empty string")
+    if not isinstance(instances, list) or not instances:
+        raise DatasetError(f"{where}: 'instances' must be a non-empty list of {{input, output}} objects "
+                           "(Self-Instruct task format)")
+    records = []
+    for number, instance in enumerate(instances):
+        field_name = f"instances[{number}]"
+        if not isinstance(instance, Mapping):
+            raise DatasetError(f"{where}: '{field_name}' must be an object with input/output, "
+                               f"got {type(instance).__name__}")
+        output, input_text = instance.get("output"), instance.get("input")
+        if not isinstance(output, str):
+            raise DatasetError(f"{where}: '{field_name}.output' must be a string")
+        if input_text is None:
+            input_text = ""
+        if not isinstance(input_text, str):
+            raise DatasetError(f"{where}: '{field_name}.input' must be a string")
+        records.append({"instruction": instruction, "input": input_text, "output": output})
+    return records
 
 
 @dataclass

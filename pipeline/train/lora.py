@@ -80,8 +80,8 @@ class TrainResult:
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-ready dict (what the Prefect flow returns)."""
-        keys = ("global_step", "train_loss", "first_loss", "final_loss", "eval_loss", "train_tokens_per_second",
-                "train_runtime_s", "peak_gpu_memory_gib")
+        keys = ("global_step", "train_loss", "first_loss", "final_loss", "eval_loss_before", "eval_loss",
+                "train_tokens_per_second", "train_runtime_s", "peak_gpu_memory_gib")
         paths = {name: (str(getattr(self, name)) if getattr(self, name) is not None else None)
                  for name in ("output_dir", "adapter_file", "config_file", "metrics_file", "loss_file",
                               "samples_file", "merged_dir")}
@@ -533,6 +533,9 @@ def train(config: TrainConfig) -> TrainResult:
                             training_args=training_args)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    # Held-out loss of the untrained model (LoRA B is zero, so this is the base model's loss) on the same
+    # examples as eval_loss after training; a resumed run has trained already, so it has no "before".
+    eval_loss_before = trainer.evaluate()["eval_loss"] if eval_examples and not resume_from else None
     if resume_from:
         log.info("resuming from %s", resume_from)
     train_output = trainer.train(resume_from_checkpoint=resume_from)
@@ -573,6 +576,7 @@ def train(config: TrainConfig) -> TrainResult:
         "train_loss": float(train_output.training_loss),
         "first_loss": rows[0]["loss"] if rows else None,
         "final_loss": rows[-1]["loss"] if rows else None,
+        "eval_loss_before": eval_loss_before,
         "eval_loss": eval_loss,
         "train_runtime_s": round(runtime, 3),
         "train_tokens": real_tokens,
@@ -643,8 +647,9 @@ def _publish(run_name: str, config: TrainConfig, paths: TrainResult, rows: list[
              samples: list[dict[str, str]]) -> None:
     """Prefect artifacts (no-ops outside a flow run); a reporting failure never loses a trained adapter."""
     metrics = paths.metrics
-    log.info("trained %s: loss %s -> %s, %.0f tokens/s; adapter in %s", run_name, metrics.get("first_loss"),
-             metrics.get("final_loss"), metrics.get("train_tokens_per_second") or 0.0, paths.output_dir)
+    log.info("trained %s: loss %s -> %s, held-out loss %s -> %s, %.0f tokens/s; adapter in %s", run_name,
+             metrics.get("first_loss"), metrics.get("final_loss"), metrics.get("eval_loss_before"),
+             metrics.get("eval_loss"), metrics.get("train_tokens_per_second") or 0.0, paths.output_dir)
     if not _reporting_to_prefect():
         return
     try:
@@ -678,8 +683,8 @@ def render_report(config: TrainConfig, paths: TrainResult) -> str:
         "| metric | value |",
         "| --- | --- |",
     ]
-    for key in ("first_loss", "final_loss", "train_loss", "eval_loss", "train_tokens_per_second", "train_runtime_s",
-                "train_tokens", "trainable_parameters", "adapter_bytes", "peak_gpu_memory_gib"):
+    for key in ("first_loss", "final_loss", "train_loss", "eval_loss_before", "eval_loss", "train_tokens_per_second",
+                "train_runtime_s", "train_tokens", "trainable_parameters", "adapter_bytes", "peak_gpu_memory_gib"):
         if metrics.get(key) is not None:
             lines.append(f"| {key} | {metrics[key]} |")
     lines += [
