@@ -13,7 +13,6 @@ the generator of a seeded request whose prefill was chunked, and the engine dies
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import functools
 import logging
 import os
@@ -30,10 +29,10 @@ import httpx
 
 from pipeline import PROJECT_ROOT
 from pipeline.config import ServerConfig
+from pipeline.server_guard import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _GUARD = Path(__file__).with_name("server_guard.py")
 #: Seconds the guard gives vLLM to exit after SIGTERM before it SIGKILLs the group (stop() waits longer).
 _GUARD_GRACE_S = 15.0
@@ -70,14 +69,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def _server_python(config: ServerConfig) -> Path:
@@ -189,7 +180,7 @@ class ManagedServer:
                 stdin=subprocess.DEVNULL,
                 env=self._env(),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             ).result()
             _RUNNING.add(self)
             if _terminating.is_set():  # the signal came while the process was being forked

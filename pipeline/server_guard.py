@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, request_stop)
     if os.getppid() != owner:  # the owner died before the parent-death signal was armed
         return 1
-    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_guard)
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     code = None
     while code is None and not stop_requested and os.getppid() == owner:
         try:
@@ -55,8 +55,11 @@ def main(argv: list[str]) -> int:
     return 1  # pragma: no cover - SIGKILL of the own group does not return
 
 
-def _die_with_guard() -> None:
-    """Runs in vLLM's process before exec: SIGTERM it should this guard itself be SIGKILLed."""
+def die_with_parent() -> None:
+    """Ask for SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``); a ``preexec_fn``, run between fork and exec.
+
+    The run sets it on the guard, and the guard on vLLM, should the guard itself be SIGKILLed.
+    """
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -50,9 +50,10 @@ STUBBORN_SERVER = textwrap.dedent("""
 #: The run: starts the guard exactly as ManagedServer does (own session, parent-death signal), prints its pid.
 OWNER = textwrap.dedent("""
     import os, subprocess, sys
-    from pipeline.server import _GUARD, _die_with_parent
+    from pipeline.server import _GUARD
+    from pipeline.server_guard import die_with_parent
     guard = subprocess.Popen([sys.executable, str(_GUARD), str(os.getpid()), "1", sys.executable, "-c", sys.argv[1]],
-                             start_new_session=True, preexec_fn=_die_with_parent, stdout=sys.stdout)
+                             start_new_session=True, preexec_fn=die_with_parent, stdout=sys.stdout)
     print(guard.pid, flush=True)
     guard.wait()
 """)
