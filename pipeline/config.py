@@ -158,7 +158,7 @@ class DedupConfig(_Model):
     """ROUGE-L near-duplicate filter against the seeds and every accepted instruction (Alpaca's 0.7 rule)."""
 
     enabled: bool = Field(True, description="Turn the ROUGE-L filter off only for debugging.")
-    threshold: float = Field(0.7, ge=0, le=1, description="Reject when ROUGE-L F-measure against any kept instruction exceeds this (Alpaca: 0.7).")
+    threshold: float = Field(0.7, gt=0, le=1, description="Reject when ROUGE-L F-measure against any kept instruction exceeds this (Alpaca: 0.7).")
     tokenizer: Literal["auto", "rouge", "ko", "unicode"] = Field(
         "auto",
         description="'rouge' is rouge-score's (exact Alpaca behaviour, English only); 'ko' uses Kiwi morphemes; "

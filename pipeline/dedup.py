@@ -477,7 +477,9 @@ def load_instructions(path: str | Path) -> list[str]:
 
 def _parse_jsonl(path: Path, text: str) -> list[str]:
     instructions = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): RunStore writes JSON with raw U+2028/U+2029/U+0085 inside strings, which
+    # splitlines() would break records at.
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -208,6 +208,8 @@ def test_generate_bad_arguments(cwd, capsys, listener, args, field):
         ("llm: {max_concurrency: 0}\n", "cfg.yaml: llm.max_concurrency: "),
         ("llm: {temperature: 3}\n", "cfg.yaml: llm.temperature: "),
         ("dedup: {threshold: 1.5}\n", "cfg.yaml: dedup.threshold: "),
+        # RougeDedup rejects 0: it used to pass validation, lock the run directory and fail with a traceback.
+        ("dedup: {threshold: 0}\n", "cfg.yaml: dedup.threshold: Input should be greater than 0"),
         ("num_seed_examples: 0\n", "cfg.yaml: num_seed_examples: "),
         ("language: fr\n", "cfg.yaml: language: "),
         ("tagret: 10\n", "cfg.yaml: tagret: Extra inputs are not permitted"),

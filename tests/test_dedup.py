@@ -331,3 +331,19 @@ def test_bench_data_first_300_match_reference() -> None:
         pytest.skip(f"{data_path} not present")
     texts = json.loads(data_path.read_text(encoding="utf-8"))[:300]
     assert_matches_reference(RougeDedup(), [], texts, 0.7)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_records_written_by_the_run_store_with_raw_line_separators_are_read_back(tmp_path: Path, separator: str) -> None:
+    """RunStore writes UTF-8 JSON (ensure_ascii=False), so a model's U+2028 stays raw inside the string."""
+    from pipeline.store import RunStore
+    from pipeline.train.data import load_records
+
+    instruction = f"Split this{separator}sentence in two."
+    with RunStore(tmp_path / "run") as store:
+        store.append([{"instruction": instruction, "input": "", "output": f"Done{separator}here."},
+                      {"instruction": "A second task follows.", "input": "", "output": "ok"}], [])
+    accepted = tmp_path / "run" / "accepted.jsonl"
+    assert separator in accepted.read_text(encoding="utf-8")
+    assert load_instructions(accepted) == [instruction, "A second task follows."]
+    assert [r["instruction"] for r in load_records(accepted)] == [instruction, "A second task follows."]
