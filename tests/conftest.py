@@ -94,14 +94,7 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def real_vllm_server(smollm2, tmp_path_factory):
     """A real vLLM CPU server serving SmolLM2, started through managed mode's ManagedServer."""
-    _require_vllm()
-    from pipeline.server import ManagedServer
-
-    log_path = tmp_path_factory.mktemp("vllm-real") / "server.log"
-    server = ManagedServer(real_server_config(), str(smollm2), log_path)
-    server.start()
-    yield server
-    server.stop()
+    yield from _managed_server(real_server_config(), smollm2, tmp_path_factory.mktemp("vllm-real"))
 
 
 @pytest.fixture(scope="session")
@@ -120,17 +113,20 @@ def _require_vllm() -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_llama, tmp_path_factory):
-    """A real vLLM CPU server serving the tiny model, started through managed mode's ManagedServer."""
+def _managed_server(config, model: Path, log_dir: Path):
     _require_vllm()
     from pipeline.server import ManagedServer
 
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    server = ManagedServer(tiny_server_config(), str(tiny_llama), log_path)
+    server = ManagedServer(config, str(model), log_dir / "server.log")
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llama, tmp_path_factory):
+    """A real vLLM CPU server serving the tiny model, started through managed mode's ManagedServer."""
+    yield from _managed_server(tiny_server_config(), tiny_llama, tmp_path_factory.mktemp("vllm"))
 
 
 @pytest.fixture(scope="session")
