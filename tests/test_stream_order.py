@@ -233,3 +233,35 @@ def test_sending_resumes_while_a_backlog_is_consumed(tmp_path):
     # The backlog is 16 results x 50 ms = 0.8 s of consumer work; the first freed slot should be used within a
     # consume step or two, not after the whole backlog (with the consumer in a worker thread: ~0.08 s).
     assert next_send - answered0 < 0.4, next_send - answered0
+
+
+def test_before_any_yield_is_known_sending_stops_at_what_the_target_could_use(tmp_path):
+    """Target 10, 2 tasks per request, concurrency 16: until 8 requests are consumed, no more than
+    ceil(10 / 2) + 16 = 21 requests may be sent. Request 0 hangs, so nothing is consumed while the others answer
+    at once and free their slots; only the send budget can stop the client (max_ahead would allow 64)."""
+    # Retries: 16 connections at once can overflow the fake server's listen backlog (a reset, then a retry).
+    # The hung first attempt of request 0 is never answered: the client abandons it after request_timeout_s.
+    llm = LLMConfig(base_urls=["http://unused/v1"], model="fake", max_concurrency=16, request_timeout_s=15,
+                    max_retries=4, backoff_initial_s=0.1, backoff_max_s=0.2, max_tokens=64)
+    probe = GenerationConfig(run_name="budget", output_dir=str(tmp_path), target=10, tasks_per_request=TASKS, llm=llm)
+    builder = GenerationRun(probe).builder
+    seed_to_index = {builder.render(i).sampling_seed: i for i in range(200)}
+    with FakeOpenAI(seed_to_index) as fake:
+        config = probe.model_copy(update={"llm": llm.model_copy(update={"base_urls": [fake.base_url]})})
+        run = GenerationRun(config).open()
+        outcome: dict = {}
+        worker = threading.Thread(target=lambda: outcome.update(result=run_rounds(run, [fake.base_url], None, None)))
+        worker.start()
+        try:
+            # Wait until the client has gone quiet: no new request for a second (counting events, not timing them).
+            seen = -1
+            while seen != len(fake.events):
+                seen = len(fake.events)
+                time.sleep(1.0)
+            received = {index for _, kind, index, _ in fake.events if kind == "recv"}
+        finally:
+            fake.release.set()
+            worker.join(60)
+            run.close()
+    assert received == set(range(21)), sorted(received)
+    assert outcome["result"].reason == "target reached"
