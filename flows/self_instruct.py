@@ -30,7 +30,9 @@ def generate_round(run: GenerationRun, base_urls: list[str], server: ManagedServ
     return result
 
 
-@task(name="export-dataset", cache_policy=NONE)
+#: log_prints off: while `datasets` fingerprints a function, dill disassembles it with print() into a captured
+#: stdout, and the flow's log_prints would turn that bytecode listing into run log lines.
+@task(name="export-dataset", cache_policy=NONE, log_prints=False)
 def export_dataset(config: GenerationConfig) -> ExportResult:
     return export_run(config.run_dir, config.export.hf_dataset, config.export.charts, config.export.sample_rows)
 

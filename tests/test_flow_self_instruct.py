@@ -87,6 +87,9 @@ def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server
             assert SECRET.encode() not in path.read_bytes(), path
     logs = asyncio.run(_logs(state.state_details.flow_run_id))
     assert logs and not any(SECRET in log.message for log in logs)
+    # Only the project's own messages: no bytecode listing (dill's disassembly while `datasets` fingerprints).
+    bytecode = [log.message for log in logs if any(op in log.message for op in ("RESUME", "RETURN_VALUE", "LOAD_FAST"))]
+    assert not bytecode, bytecode[:3]
     for artifact in asyncio.run(_artifacts("flowrun-%")):
         assert SECRET not in json.dumps(artifact.data, default=str)
 
