@@ -83,13 +83,25 @@ def test_up_deploys_everything_with_a_paused_nightly_schedule(stack):
     schedules = prefect(stack, "deployment", "schedule", "ls", "self-instruct/default")
     assert schedules.returncode == 0, schedules.stderr
     assert "0 3 * * *" in schedules.stdout
-    assert "False" in schedules.stdout or "inactive" in schedules.stdout.lower()
+    # The README's promise, read from the API: exactly the nightly cron, created paused; likewise for koalpaca.
+    for name, cron in (("self-instruct/default", "0 3 * * *"), ("self-instruct/koalpaca", "30 3 * * *")):
+        deployment = asyncio.run(_read_deployment(stack["env"]["PREFECT_API_URL"], name))
+        assert [(s.schedule.cron, s.active) for s in deployment.schedules] == [(cron, False)], deployment.schedules
 
 
 def test_bad_parameter_is_refused_naming_the_field(stack):
     refused = prefect(stack, "deployment", "run", "self-instruct/demo", "--param", 'config={"target": -5}')
     assert refused.returncode != 0
     assert "config.target" in refused.stdout + refused.stderr
+
+
+async def _read_deployment(api_url: str, name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            return await client.read_deployment_by_name(name)
 
 
 async def _read_artifacts(api_url: str, prefix: str):

@@ -139,6 +139,7 @@ def load_base_model(config: TrainConfig, precision: str):
     The returned model has ``use_cache`` off (required by padding-free batches) and gradient checkpointing
     enabled when configured; for ``qlora`` it has been through ``prepare_model_for_kbit_training``.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = _torch_dtype(precision)
@@ -161,6 +162,8 @@ def load_base_model(config: TrainConfig, precision: str):
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    if config.method == "qlora" and not torch.cuda.is_available():
+        _keep_cpu_4bit_weights_trainable(model)
     # With a KV cache, transformers ignores restarting position ids and packed examples attend to each other.
     model.config.use_cache = False
     checkpointing_kwargs = {"use_reentrant": False}
@@ -178,6 +181,21 @@ def load_base_model(config: TrainConfig, precision: str):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
     return model
+
+
+def _keep_cpu_4bit_weights_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, a ``Linear4bit`` that runs in eval mode without grad (the samples and the held-out
+    loss before training) repacks its weight for an inference kernel and never unpacks it. Training afterwards
+    backpropagates through that kernel, which has no autograd: gradients through the frozen base are lost (the
+    real-model QLoRA loss barely moved) or the step fails with an in-place error on a leaf view.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def resolve_attention(config: TrainConfig) -> str:
