@@ -1,6 +1,6 @@
 """LLM client errors against a scripted fake server: which statuses fail at once, which are one request's problem,
 how long a Retry-After makes it wait, and what happens when every endpoint is down. Delays are recorded (the
-client's sleep is replaced), never measured."""
+client's backoff is wrapped), never measured."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline import llm as llm_module
 from pipeline.config import GenerationConfig, LLMConfig
 from pipeline.generate import GenerationRun, run_rounds
 from pipeline.llm import LLMClient, LLMUnavailableError, RequestRejectedError
@@ -66,13 +65,16 @@ class ScriptedServer:
 
 @pytest.fixture
 def sleeps(monkeypatch):
-    """The client's retry delays, recorded instead of slept."""
+    """The client's retry delays, recorded and then not slept. (Patching asyncio.sleep itself would also stop the
+    sleeps of every other event loop in the process, e.g. a Prefect test harness's services, which then spin.)"""
     recorded: list[float] = []
+    backoff = LLMClient._backoff
 
-    async def no_sleep(delay, *args, **kwargs):
-        recorded.append(delay)
+    def record(self, attempt, retry_after):
+        recorded.append(backoff(self, attempt, retry_after))
+        return 0.0
 
-    monkeypatch.setattr(llm_module.asyncio, "sleep", no_sleep)
+    monkeypatch.setattr(LLMClient, "_backoff", record)
     return recorded
 
 
