@@ -6,11 +6,16 @@ max_tokens):
 
 * **raw**: the ``openai`` AsyncOpenAI client firing the N requests with C in flight (a semaphore), nothing else:
   the ceiling for any client at concurrency C;
-* **ours**: the full pipeline, ``pipeline.generate.generate()`` with parse, filters, ROUGE-L dedup and the run
-  store (fsynced commits) in a temporary directory, C in flight, the same N requests (``max_requests=N`` and
-  an unreachable target);
+* **ours**: the full pipeline, ``pipeline.lifecycle.run_generation()`` in one round, with parse, filters, ROUGE-L
+  dedup and the run store (fsynced commits) in a temporary directory, C in flight, the same N requests
+  (``max_requests=N`` and an unreachable target);
 * **alpaca**: Stanford Alpaca's client loop: batches of 5 requests sent together, waiting for all 5 before the
-  next batch (no processing between batches, which flatters it).
+  next batch (no processing between batches, which flatters it);
+* **rounds** (not run by default): the Prefect flow's loop without Prefect, ``run_generation()`` with a round hook
+  of ``--round-size`` requests (a fresh event loop and client per round).
+
+For ours and rounds, the run's own loop timings (``summary.loop``: seconds spent consuming and committing) are
+reported alongside.
 
 Modes run interleaved (the order rotates each repeat) so that load from other processes hits them alike. Before
 each mode the server's prefix cache is reset (``POST /reset_prefix_cache``, a vLLM dev-mode endpoint, enabled on
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -50,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: Keeps a random 2-layer model's structured output word-like (the same pattern as the tests and the demo).
 TINY_JSON_PATTERN = "^[A-Z][a-z]{1,9}( [a-z]{1,9}){4,12}[.?]$"
-MODES = ("raw", "ours", "alpaca", "rounds")  # "rounds": the Prefect flow's round-by-round loop; not run by default
+MODES = ("raw", "ours", "alpaca", "rounds")
 DEFAULT_MODES = ("raw", "ours", "alpaca")
 ALPACA_BATCH = 5
 
@@ -205,81 +211,22 @@ async def _fire(base_url: str, requests: list[dict[str, Any]], concurrency: int,
     return tokens
 
 
-class LoopTimers:
-    """Wall time the pipeline's event loop spends in consume (parse/filter/dedup/append) and commit (fsync)."""
-
-    def __init__(self):
-        self.consume_s = 0.0
-        self.commit_s = 0.0
-        self.consumes = 0
-        self.commits = 0
-
-    @contextlib.contextmanager
-    def installed(self):
-        from pipeline.generate import GenerationRun
-
-        consume, commit = GenerationRun._consume, GenerationRun._commit
-        timers = self
-
-        def timed_consume(run, *args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return consume(run, *args, **kwargs)
-            finally:
-                timers.consume_s += time.perf_counter() - t
-                timers.consumes += 1
-
-        def timed_commit(run, *args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return commit(run, *args, **kwargs)
-            finally:
-                timers.commit_s += time.perf_counter() - t
-                timers.commits += 1
-
-        GenerationRun._consume, GenerationRun._commit = timed_consume, timed_commit
-        try:
-            yield self
-        finally:
-            GenerationRun._consume, GenerationRun._commit = consume, commit
-
-
-def run_rounds_like_the_flow(config, round_size: int):
-    """What the Prefect flow does (without Prefect): one run_rounds call (a fresh event loop and client) per round."""
-    from pipeline.generate import GenerationRun, mark_status, run_rounds
-
-    run = GenerationRun(config).open()
-    try:
-        while not run.finished:
-            run_rounds(run, list(config.llm.base_urls), None, max_requests=round_size)
-        mark_status(run, "incomplete")
-        return run.counts
-    finally:
-        run.close()
-
-
 def run_mode(mode: str, config, base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     cpu = time.process_time()
     if mode in ("ours", "rounds"):
-        from pipeline.generate import generate
+        from pipeline.lifecycle import run_generation, run_rounds, run_to_end
 
-        with LoopTimers().installed() as timers:
-            started = time.perf_counter()
-            if mode == "ours":
-                summary = generate(config, export=False)
-                requests, accepted = summary.requests, summary.accepted
-            else:
-                counts = run_rounds_like_the_flow(config, args.round_size)
-                requests, accepted = counts.requests, counts.accepted
-            seconds = time.perf_counter() - started
-        meta = json.loads((config.run_dir / "run.json").read_text())
-        tokens = meta["usage"]["completion_tokens"]
-        assert requests == args.requests, (requests, args.requests)
+        rounds = functools.partial(run_rounds, max_requests=args.round_size)
+        started = time.perf_counter()
+        summary = run_generation(config, run_round=run_to_end if mode == "ours" else rounds, export=None)
+        seconds = time.perf_counter() - started
+        tokens = summary.meta["usage"]["completion_tokens"]
+        assert summary.requests == args.requests, (summary.requests, args.requests)
         extra = {
-            "accepted": accepted, "loop_consume_s": round(timers.consume_s, 3),
-            "loop_commit_s": round(timers.commit_s, 3), "commits": timers.commits,
-            "generation_seconds": meta["timings"]["generation_seconds"],
+            "accepted": summary.accepted, "loop_consume_s": round(summary.loop.consume_s, 3),
+            "loop_commit_s": round(summary.loop.commit_s, 3), "commits": summary.loop.commits,
+            "generation_seconds": summary.meta["timings"]["generation_seconds"],
         }
     else:
         requests = prepared_requests(config)
@@ -357,11 +304,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 result.update(poller.summary())
                 server_tokens = after.get("vllm:generation_tokens_total", 0.0) - before.get("vllm:generation_tokens_total", 0.0)
                 result["server_generation_tokens"] = int(server_tokens)
-                if mode == "rounds" and server_tokens > 0:
-                    # run.json's usage only keeps the last round's client (a bug reported to the lead); the server
-                    # counted every token, and nothing else ran meanwhile.
-                    result["completion_tokens"] = int(server_tokens)
-                    result["tokens_per_s"] = round(server_tokens / result["seconds"], 1)
                 rate = prefix_cache_hit_rate(before, after)
                 result["prefix_cache_hit_rate"] = None if rate is None else round(rate, 4)
                 results[mode].append(result)

@@ -131,17 +131,18 @@ def run_ours(config: Any, warmup: int) -> dict[str, Any]:
 def run_baseline(config: Any, warmup: int) -> dict[str, Any]:
     """alpaca-lora's recipe on the same model, examples and LoRA settings: pad to longest, no packing."""
     import torch
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from pipeline.train.data import ensure_pad_token, load_records, split_records, tokenize_records
-    from pipeline.train.lora import attach_lora, build_trainer, load_base_model, resolve_precision
+    from pipeline.train.adapters import attach_lora
+    from pipeline.train.data import load_records, split_records, tokenize_records
+    from pipeline.train.model_loading import load_base_model, load_tokenizer, resolve_precision
     from pipeline.train.templates import load_template
+    from pipeline.train.trainer import build_trainer
 
     config = config.model_copy(update={"padding_free": False})  # plain sdpa attention, padded batches
     set_seed(config.seed)
     precision = resolve_precision(config.precision)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    ensure_pad_token(tokenizer)
+    tokenizer = load_tokenizer(config)
     split = split_records(load_records(config.dataset), 0, 0, config.seed)  # the same order as train()
     examples, _ = tokenize_records(tokenizer, load_template(config.template), split.train, config.max_seq_length)
     model = attach_lora(load_base_model(config, precision), config)

@@ -1,7 +1,8 @@
 """The `self-instruct` flow: seeds → vLLM → filters → ROUGE-L dedup → Alpaca dataset.
 
 Each round of requests is one Prefect task (never one task per record); the run directory, not Prefect's
-result storage, holds the data, so a failed or cancelled flow run resumes where it stopped.
+result storage, holds the data, so a failed or cancelled flow run resumes where it stopped. The run's lifecycle
+(lock, status, export, close) is :func:`pipeline.lifecycle.run_generation`; the tasks here are its hooks.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
 
-from pipeline import report
+from pipeline import lifecycle, report
 from pipeline.config import GenerationConfig
-from pipeline.export import ExportResult, export_run
-from pipeline.generate import GenerationRun, RoundResult, llm_endpoints, mark_status, run_rounds
+from pipeline.export import ExportResult
+from pipeline.generate import GenerationRun, RoundResult
+from pipeline.lifecycle import run_generation, run_rounds
 from pipeline.server import ManagedServer
 
 
@@ -34,31 +36,20 @@ def generate_round(run: GenerationRun, base_urls: list[str], server: ManagedServ
 #: stdout, and the flow's log_prints would turn that bytecode listing into run log lines.
 @task(name="export-dataset", cache_policy=NONE, log_prints=False)
 def export_dataset(config: GenerationConfig) -> ExportResult:
-    return export_run(config.run_dir, config.export.hf_dataset, config.export.charts, config.export.sample_rows)
+    return lifecycle.export_dataset(config)
 
 
 @flow(name="self-instruct", log_prints=True)
 def self_instruct(config: GenerationConfig = GenerationConfig()) -> dict:
     """Generate an Alpaca-style dataset from seed tasks; rerunning the same run_name resumes it."""
-    logger = get_run_logger()
     progress = report.Progress(f"{config.run_name}-progress", f"Accepted records of {config.run_name} toward {config.target}")
-    run = GenerationRun(config, on_progress=lambda counts: progress.update(counts.percent)).open()
-    try:
-        try:
-            if not run.finished:
-                with llm_endpoints(config) as (base_urls, server):
-                    while not run.finished:
-                        generate_round(run, base_urls, server)
-        except BaseException as exc:
-            mark_status(run, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        mark_status(run, "completed" if run.target_reached else "incomplete")
-    finally:
-        run.close()
+    summary = run_generation(
+        config, on_progress=lambda counts: progress.update(counts.percent), run_round=generate_round, export=export_dataset
+    )
     progress.update(100.0)
-    exported = export_dataset(config)
-    report.publish_dataset_artifacts(config.run_name, run.store.meta, exported)
-    logger.info("dataset: %s (%d records)", exported.alpaca_json, exported.stats.records)
+    exported = summary.export
+    report.publish_dataset_artifacts(config.run_name, summary.meta, exported)
+    get_run_logger().info("dataset: %s (%d records)", exported.alpaca_json, exported.stats.records)
     report.emit_dataset_ready(config.run_name, str(config.run_dir.resolve()), exported.stats.records)
     result = {
         "run_dir": str(config.run_dir),

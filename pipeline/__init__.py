@@ -7,7 +7,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: Repository root when running from a checkout; used to find ``prompts/`` and ``seeds/``.
+#: Repository root when running from a checkout (in a wheel install: the ``site-packages`` folder). Find prompt
+#: templates and seed files through :mod:`pipeline.resources`, which works in both.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: Prompt templates: generation (``generate_*.jinja``) and training (``train_*.json``).
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
+

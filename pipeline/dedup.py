@@ -13,144 +13,31 @@ only runs the LCS on pairs that can possibly exceed the threshold:
 * **verification**: the surviving pairs get their LCS from rapidfuzz (C++, bit-parallel), and the final score is
   rouge-score's own float formula, so ties at exactly the threshold fall the same way.
 
-Tokenizers: ``"rouge"`` (rouge-score's default: lowercase ``[a-z0-9]+`` runs, the Alpaca setting), ``"ko"`` (Kiwi
-morphemes, for Korean), ``"unicode"`` (NFKC, lowercased ``\\w+`` runs: any script, whole words) and ``"auto"`` (``ko``
-for mostly-Hangul text, ``rouge`` otherwise, decided per text).
+Scoring is :mod:`pipeline.rouge`, tokenizers are :mod:`pipeline.text`; inputs and outputs of ``selfinstruct dedup``
+are read and written with :mod:`pipeline.files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import threading
 import time
-import unicodedata
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
-from pipeline.store import atomic_text_file
+from pipeline.files import read_json_values, write_jsonl_atomic
+from pipeline.rouge import ALPACA_THRESHOLD, LengthPlan, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array
+from pipeline.text import get_tokenizer, is_mostly_hangul
 
 log = logging.getLogger(__name__)
 
-TOKENIZERS = ("rouge", "ko", "unicode", "auto")
-
-Tokenizer = Callable[[str], list[str]]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# ROUGE-L F-measure, exactly as rouge-score computes it
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def rouge_l_fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
-    """ROUGE-L F-measure from an LCS length, with rouge-score's float arithmetic.
-
-    Mirrors ``rouge_scorer._score_lcs(target, prediction)`` followed by ``scoring.fmeasure``; Alpaca passes the new
-    instruction as ``target`` and a kept one as ``prediction``. The operations are kept in the same order because the
-    reject test ``score > threshold`` must round the same way on ties.
-    """
-    if target_len == 0 or prediction_len == 0:
-        return 0.0
-    precision = lcs / prediction_len
-    recall = lcs / target_len
-    if precision + recall > 0:
-        return 2 * precision * recall / (precision + recall)
-    return 0.0
-
-
-def _rouge_l_fmeasure_array(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`rouge_l_fmeasure`: numpy float64 ops are the same IEEE ops in the same order."""
-    if target_len == 0:
-        return np.zeros(len(lcs), dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = lcs / prediction_lens
-        recall = lcs / target_len
-        total = precision + recall
-        scores = 2 * precision * recall / total
-    return np.where((prediction_lens > 0) & (total > 0), scores, 0.0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Tokenizers
-# --------------------------------------------------------------------------------------------------------------------
-
-# rouge-score lowercases, replaces every run of non-[a-z0-9] characters with a space, splits on whitespace and drops
-# empty tokens: what is left is exactly the maximal [a-z0-9]+ runs of the lowercased text, found here in one C pass.
-_ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
-_WORD_RE = re.compile(r"\w+")
-_HAS_WORD_CHAR_RE = re.compile(r"\w")
-_HANGUL_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
-
-_kiwi: Any = None
-_kiwi_lock = threading.Lock()
-
-
-def tokenize_rouge(text: str) -> list[str]:
-    """rouge-score's ``DefaultTokenizer(use_stemmer=False)``, the tokenizer Alpaca's filter uses."""
-    return _ROUGE_TOKEN_RE.findall(text.lower())
-
-
-def tokenize_unicode(text: str) -> list[str]:
-    """Lowercased ``\\w+`` runs of the NFKC form: keeps Hangul, CJK and every other script, one token per word."""
-    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).lower())
-
-
-def tokenize_korean(text: str) -> list[str]:
-    """Kiwi morphemes (Latin lowercased), without punctuation, so a changed particle only changes one token."""
-    return [token.form.lower() for token in get_kiwi().tokenize(text) if _HAS_WORD_CHAR_RE.search(token.form)]
-
-
-def tokenize_auto(text: str) -> list[str]:
-    """:func:`tokenize_korean` for mostly-Hangul text, :func:`tokenize_rouge` otherwise."""
-    return tokenize_korean(text) if is_mostly_hangul(text) else tokenize_rouge(text)
-
-
-def is_mostly_hangul(text: str) -> bool:
-    """True when more than half of the letters of ``text`` are Hangul."""
-    if not _HANGUL_RE.search(text):
-        return False
-    hangul = len(_HANGUL_RE.findall(text))
-    letters = sum(1 for char in text if char.isalpha())
-    return 2 * hangul > letters
-
-
-def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer function called ``name`` (one of :data:`TOKENIZERS`)."""
-    tokenizers: dict[str, Tokenizer] = {
-        "rouge": tokenize_rouge,
-        "ko": tokenize_korean,
-        "unicode": tokenize_unicode,
-        "auto": tokenize_auto,
-    }
-    if name not in tokenizers:
-        raise ValueError(f"unknown tokenizer {name!r}; expected one of {', '.join(TOKENIZERS)}")
-    return tokenizers[name]
-
-
-def get_kiwi() -> Any:
-    # Kiwi takes seconds to load its model, so it is built once, on first use, and shared.
-    global _kiwi
-    if _kiwi is None:
-        with _kiwi_lock:
-            if _kiwi is None:
-                from kiwipiepy import Kiwi
-
-                _kiwi = Kiwi()
-    return _kiwi
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The index
-# --------------------------------------------------------------------------------------------------------------------
 
 # Token ids become code points so that a token sequence is a str: rapidfuzz compares strs far faster than lists.
 _SURROGATES_START, _SURROGATES_SIZE = 0xD800, 0x800
@@ -177,14 +64,6 @@ class Decision:
     most_similar: list[tuple[int, float]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _LengthPlan:
-    """For a new item of ``n`` tokens: the indexed lengths that can match, and the least LCS that does for each."""
-
-    lengths: tuple[int, ...]  # ascending
-    min_lcs: tuple[int, ...]  # min_lcs[i] for lengths[i]; non-decreasing, because F falls as the length grows
-
-
 class RougeDedup:
     """Online ROUGE-L near-duplicate filter with Alpaca's semantics, in near-linear time.
 
@@ -201,7 +80,7 @@ class RougeDedup:
     ``most_similar_instructions``.
     """
 
-    def __init__(self, threshold: float = 0.7, tokenizer: str = "rouge", top_k: int = 0) -> None:
+    def __init__(self, threshold: float = ALPACA_THRESHOLD, tokenizer: str = "rouge", top_k: int = 0) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if top_k < 0:
@@ -217,7 +96,7 @@ class RougeDedup:
         self._texts: list[str] = []
         self._codes: list[str] = []  # token ids as code points, per indexed item
         self._lengths: list[int] = []
-        self._plans: dict[int, _LengthPlan] = {}
+        self._plans: dict[int, LengthPlan] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -326,7 +205,7 @@ class RougeDedup:
             similar_to, best = other, other_best
         return (similar_to, best) if best > self.threshold else (None, best)
 
-    def _prefix_postings(self, ids: list[int], n: int, plan: _LengthPlan, shared: int) -> Iterator[list[list[int]]]:
+    def _prefix_postings(self, ids: list[int], n: int, plan: LengthPlan, shared: int) -> Iterator[list[list[int]]]:
         """Per prefix token, rarest first, its posting lists for the lengths whose prefix it is in.
 
         A token occurring ``w`` times in the new text has its lists repeated ``w`` times, so that counting an item's
@@ -355,10 +234,10 @@ class RougeDedup:
         best = max(scores)
         return batch[scores.index(best)], best
 
-    def _plan(self, n: int) -> _LengthPlan:
+    def _plan(self, n: int) -> LengthPlan:
         plan = self._plans.get(n)
         if plan is None:
-            plan = self._plans[n] = _make_length_plan(n, self.threshold)
+            plan = self._plans[n] = length_plan(n, self.threshold)
         return plan
 
     # -- exhaustive scoring (top_k > 0) ------------------------------------------------------------------------------
@@ -375,7 +254,7 @@ class RougeDedup:
         for i, (text, (code, ids)) in enumerate(zip(texts, encoded)):
             lcs = np.concatenate([vs_indexed[i], vs_chunk[i, kept_in_chunk]])
             lengths = np.concatenate([old_lengths, np.asarray([len(encoded[j][1]) for j in kept_in_chunk], np.int64)])
-            decision = self._decide(_rouge_l_fmeasure_array(lcs, len(ids), lengths))
+            decision = self._decide(rouge_l_fmeasure_array(lcs, len(ids), lengths))
             if decision.kept:
                 self._index(text, code, ids)
                 kept_in_chunk.append(i)
@@ -401,35 +280,6 @@ def _buckets_in_range(by_length: dict[int, list[int]], lengths: tuple[int, ...],
         shortest, longest = lengths[0], lengths[count - 1]
         return [items for length, items in by_length.items() if shortest <= length <= longest]
     return list(filter(None, map(by_length.get, lengths[:count])))
-
-
-def _make_length_plan(n: int, threshold: float) -> _LengthPlan:
-    # F(L, m, n) ~ 2L/(m+n) <= 2n/(m+n), which is below any threshold > 0 once m > 2n/threshold.
-    longest = int(2 * n / threshold) + 2
-    lengths, min_lcs = [], []
-    for m in range(1, longest + 1):
-        least = _least_lcs_above(threshold, m, n)
-        if least is not None:
-            lengths.append(m)
-            min_lcs.append(least)
-    return _LengthPlan(tuple(lengths), tuple(min_lcs))
-
-
-def _least_lcs_above(threshold: float, m: int, n: int) -> int | None:
-    """The least LCS whose rouge F-measure (float) exceeds ``threshold`` for lengths ``m`` and ``n``, if any.
-
-    The float F-measure is increasing in the LCS (each step adds 2/(m+n), far above rounding error), so a local
-    search from the real-valued estimate finds the exact boundary.
-    """
-    if n == 0 or m == 0:
-        return None
-    shortest = min(m, n)
-    lcs = min(max(int(threshold * (m + n) / 2), 1), shortest)
-    while lcs > 1 and rouge_l_fmeasure(lcs - 1, n, m) > threshold:
-        lcs -= 1
-    while lcs <= shortest and not rouge_l_fmeasure(lcs, n, m) > threshold:
-        lcs += 1
-    return lcs if lcs <= shortest else None
 
 
 def _ids_to_code(ids: list[int], vocab_size: int) -> str:
@@ -458,76 +308,28 @@ def _top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(scores[i])) for i in order]
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------------------------------------
-
 
 def load_instructions(path: str | Path) -> list[str]:
-    """Instructions from a JSON array of strings, or from JSONL with an ``instruction`` string field per line.
+    """Instructions from a JSON array of strings, or from JSON lines (or an array) of objects with an ``instruction``.
 
-    Raises ``ValueError`` naming the file and line of the first bad entry.
+    Raises :class:`pipeline.files.InputFileError` naming the file, line and field of the first bad entry.
     """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return _parse_json_array(path, text)
-    return _parse_jsonl(path, text)
-
-
-def _parse_jsonl(path: Path, text: str) -> list[str]:
     instructions = []
-    # split("\n"), not splitlines(): RunStore writes JSON with raw U+2028/U+2029/U+0085 inside strings, which
-    # splitlines() would break records at.
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{line_number}: invalid JSON: {error.msg}") from error
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f"{path}:{line_number}: expected a JSON object with a string 'instruction' field")
-        instructions.append(record["instruction"])
-    return instructions
-
-
-def _parse_json_array(path: Path, text: str) -> list[str]:
-    # Decoded element by element rather than with json.loads, to tell which line a non-string element is on.
-    decoder = json.JSONDecoder()
-    position = _skip_whitespace(text, text.index("[") + 1)
-    instructions: list[str] = []
-    try:
-        while position < len(text) and text[position] != "]":
-            value, end = decoder.raw_decode(text, position)
-            if not isinstance(value, str):
-                line = text.count("\n", 0, position) + 1
-                raise ValueError(f"{path}:{line}: element {len(instructions)} is {type(value).__name__}, not a string")
+    for item in read_json_values(path):
+        value = item.value
+        if isinstance(value, str) and item.in_array:
             instructions.append(value)
-            position = _skip_whitespace(text, end)
-            if position < len(text) and text[position] == ",":
-                position = _skip_whitespace(text, position + 1)
-            elif position < len(text) and text[position] != "]":
-                raise json.JSONDecodeError("expected ',' or ']'", text, position)
-        if position >= len(text):
-            raise json.JSONDecodeError("unterminated array", text, position)
-        if text[position + 1 :].strip():
-            raise json.JSONDecodeError("extra data after the array", text, _skip_whitespace(text, position + 1))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from error
+        elif isinstance(value, dict) and isinstance(value.get("instruction"), str):
+            instructions.append(value["instruction"])
+        else:
+            raise item.error("instruction", f"expected a string or an object with a string 'instruction', got {type(value).__name__}")
     return instructions
-
-
-def _skip_whitespace(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
 
 
 def dedup_file(
     input_path: str | Path,
     output_path: str | Path | None,
-    threshold: float = 0.7,
+    threshold: float = ALPACA_THRESHOLD,
     tokenizer: str = "rouge",
     seeds_path: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -544,7 +346,7 @@ def dedup_file(
     dedup.add_seeds(seeds)
     decisions = dedup.add_many(instructions)
     if output_path is not None:
-        _write_jsonl_atomically(Path(output_path), _decision_records(decisions))
+        write_jsonl_atomic(Path(output_path), _decision_records(decisions))
     kept = sum(decision.kept for decision in decisions)
     return {
         "input": str(input_path),
@@ -562,10 +364,3 @@ def dedup_file(
 def _decision_records(decisions: list[Decision]) -> Iterator[dict[str, Any]]:
     for index, decision in enumerate(decisions):
         yield {"index": index, "kept": decision.kept, "score": decision.score, "similar_to": decision.similar_to}
-
-
-def _write_jsonl_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_text_file(path) as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")

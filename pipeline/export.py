@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.store import ACCEPTED, REJECTED, RUN_JSON, read_jsonl, write_json_atomic
+from pipeline import tables
+from pipeline.files import read_jsonl, write_json_atomic
+from pipeline.rouge import ALPACA_THRESHOLD
+from pipeline.store import ACCEPTED, REJECTED, RUN_JSON
+from pipeline.text import get_kiwi
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +79,6 @@ def _length_summary(values: Sequence[int]) -> dict[str, float]:
     }
 
 
-def _kiwi():
-    from pipeline.dedup import get_kiwi  # shared lazy singleton: Kiwi takes seconds to load
-
-    return get_kiwi()
-
-
 def verb_and_object(instruction: str, language: str) -> tuple[str | None, str | None]:
     """The leading verb and its first object, for a diversity view in the spirit of Alpaca's verb-noun chart.
 
@@ -88,7 +86,7 @@ def verb_and_object(instruction: str, language: str) -> tuple[str | None, str | 
     verb (VV) lemma and the first common noun, from Kiwi's morphemes.
     """
     if language == "ko":
-        tokens = _kiwi().tokenize(instruction)
+        tokens = get_kiwi().tokenize(instruction)
         verbs = [t.form + "다" for t in tokens if t.tag == "VV"]
         nouns = [t.form for t in tokens if t.tag == "NNG"]
         return (verbs[-1] if verbs else None, nouns[0] if nouns else None)
@@ -214,55 +212,27 @@ def _write_hf_dataset(run_dir: Path, records: list[dict[str, str]]) -> tuple[Pat
 
 
 def render_card(run_meta: dict[str, Any], stats: DatasetStats, charts: list[Path]) -> str:
+    from huggingface_hub import DatasetCardData
+
     config = run_meta.get("config", {})
-    language = config.get("language", "en")
-    usage = run_meta.get("usage", {})
-    timings = run_meta.get("timings", {})
+    run_name = run_meta.get("run_name", "")
+    card_data = DatasetCardData(
+        language=[config.get("language", "en")], task_categories=["text-generation"],
+        tags=["self-instruct", "alpaca", "synthetic"], pretty_name=f"selfinstruct run {run_name}",
+    )
     lines = [
-        "---",
-        f"language: [{language}]",
-        "task_categories: [text-generation]",
-        "tags: [self-instruct, alpaca, synthetic]",
-        f"pretty_name: selfinstruct run {run_meta.get('run_name', '')}",
-        "---",
-        "",
-        f"# Self-instruct dataset `{run_meta.get('run_name', '')}`",
+        "---", card_data.to_yaml(), "---", "",
+        f"# Self-instruct dataset `{run_name}`",
         "",
         f"{stats.records} instruction records in Alpaca format (`instruction`, `input`, `output`), generated with "
         f"`{config.get('llm', {}).get('model', '?')}` from the seed tasks in `{config.get('seeds_path') or 'seeds/'}` "
         "by the selfinstruct pipeline: prompts with sampled seed examples, quality filters and ROUGE-L "
-        f"deduplication (threshold {config.get('dedup', {}).get('threshold', 0.7)}).",
+        f"deduplication (threshold {config.get('dedup', {}).get('threshold', ALPACA_THRESHOLD)}).",
         "",
-        "## Counts",
-        "",
-        "| what | count |",
-        "|---|---|",
-        f"| accepted records | {stats.records} |",
-        f"| records with an input | {stats.with_input} |",
-        f"| requests | {run_meta.get('counts', {}).get('requests', 0)} |",
-        f"| candidates parsed | {run_meta.get('counts', {}).get('candidates', 0)} |",
-        f"| prompt tokens | {usage.get('prompt_tokens', 0)} |",
-        f"| completion tokens | {usage.get('completion_tokens', 0)} |",
-        f"| generation seconds | {timings.get('generation_seconds', 0)} |",
-        "",
-        "## Rejected, by reason",
-        "",
-        "| reason | count |",
-        "|---|---|",
-        *[f"| {reason} | {count} |" for reason, count in stats.rejected_by_reason.items()],
-        "",
-        "## Lengths (words)",
-        "",
-        "| field | mean | median | p90 | min | max |",
-        "|---|---|---|---|---|---|",
-        *[f"| {name} | {s['mean']} | {s['median']} | {s['p90']} | {s['min']} | {s['max']} |" for name, s in stats.lengths.items()],
-        "",
-        "## Leading verbs",
-        "",
-        "| verb | count | common objects |",
-        "|---|---|---|",
-        *[f"| {v['verb']} | {v['count']} | {', '.join(v['objects'])} |" for v in stats.leading_verbs],
-        "",
+        "## Counts", "", tables.counts_table(run_meta, stats), "",
+        "## Rejected, by reason", "", tables.reasons_table(stats.rejected_by_reason), "",
+        "## Lengths (words)", "", tables.lengths_table(stats.lengths), "",
+        "## Leading verbs", "", tables.verbs_table(stats.leading_verbs), "",
     ]
     if charts:
         lines += ["## Charts", ""] + [f"![{p.stem}]({CHARTS_DIR}/{p.name})" for p in charts] + [""]

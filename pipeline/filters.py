@@ -16,8 +16,7 @@ from typing import Iterable, Sequence
 
 from pipeline.config import GenerationConfig
 from pipeline.parse import Candidate
-
-_HANGUL_RE = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
+from pipeline.text import HANGUL_RE
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ class LanguageFilter(Filter):
     def check(self, candidate: Candidate) -> bool | Drop:
         text = candidate.instruction
         if self.language == "ko":
-            return True if _HANGUL_RE.search(text) else Drop("not_korean", "no Hangul in the instruction")
+            return True if HANGUL_RE.search(text) else Drop("not_korean", "no Hangul in the instruction")
         if text and not text[0].isascii():
             return Drop("not_english", f"starts with {text[0]!r}")
         return True

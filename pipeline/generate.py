@@ -9,20 +9,19 @@
   it is reached the consumer stops: the overshoot is under one request's worth of records.
 
 :class:`GenerationRun` holds one run's state between rounds, so the Prefect flow can run one task per round
-while the CLI simply loops.
+while the CLI runs a single one; :mod:`pipeline.lifecycle` opens, drives, marks and closes it for both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from pipeline.config import GenerationConfig
 from pipeline.filters import FilterChain, build_filters
@@ -30,8 +29,8 @@ from pipeline.llm import Completion, LLMClient, LLMUnavailableError, RequestReje
 from pipeline.parse import parse_completion
 from pipeline.prompts import PromptBuilder, RenderedPrompt, resolve_template, response_schema
 from pipeline.seeds import SeedTask, load_seeds
-from pipeline.server import ManagedServer
-from pipeline.store import RunDirectoryError, RunStore, read_jsonl
+from pipeline.files import read_jsonl
+from pipeline.store import RunDirectoryError, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +69,16 @@ class Outcome:
     prompt: RenderedPrompt
     completion: Completion | None
     error: str | None = None
+
+
+@dataclass
+class LoopTimings:
+    """Event-loop time this session spent consuming (parse, filters, dedup, append) and committing (fsync)."""
+
+    consume_s: float = 0.0
+    consumes: int = 0
+    commit_s: float = 0.0
+    commits: int = 0
 
 
 @dataclass
@@ -114,6 +123,8 @@ class GenerationRun:
         self._generation_seconds = 0.0
         self._last_commit = 0.0
         self._consecutive_request_errors = 0
+        #: Where the loop's own time goes, over every round of this session (the benchmark reports it).
+        self.loop = LoopTimings()
 
     # ---- lifecycle -----------------------------------------------------------------------------------------------
     def open(self) -> "GenerationRun":
@@ -147,12 +158,6 @@ class GenerationRun:
 
     def close(self) -> None:
         self.store.close()
-
-    def __enter__(self) -> "GenerationRun":
-        return self.open()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def fingerprint(self) -> dict[str, Any]:
         data = self.config.model_dump(mode="json")
@@ -214,8 +219,14 @@ class GenerationRun:
     def finished(self) -> bool:
         return self.target_reached or self.requests_exhausted
 
+    @property
+    def stop_reason(self) -> str:
+        if self.target_reached:
+            return "target reached"
+        return "max_requests reached" if self.requests_exhausted else "round done"
+
     # ---- the loop ------------------------------------------------------------------------------------------------
-    async def run_round(self, client: LLMClient, max_requests: int | None = None, server: ManagedServer | None = None) -> RoundResult:
+    async def run_round(self, client: LLMClient, max_requests: int | None = None) -> RoundResult:
         """Send and consume requests until the target, ``max_requests`` more requests, or the run's request cap."""
         cfg = self.config
         stop = cfg.resolved_max_requests
@@ -228,7 +239,6 @@ class GenerationRun:
         send = consume = self.next_index
         self._start_totals()
         self._last_commit = time.monotonic()
-        watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
         try:
 
             def fill() -> bool:
@@ -249,7 +259,10 @@ class GenerationRun:
                     for task in done:
                         arrived[pending.pop(task)] = task.result()  # LLMUnavailableError propagates: run fails
                 while consume in arrived and not self.target_reached:
+                    started = time.perf_counter()
                     self._consume(arrived.pop(consume))
+                    self.loop.consume_s += time.perf_counter() - started
+                    self.loop.consumes += 1
                     consume += 1
                     self.next_index = consume
                     # After a stall, up to max_ahead results are ready at once: send what each consumed one frees
@@ -263,12 +276,8 @@ class GenerationRun:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            if watchdog is not None:
-                watchdog.cancel()
-                await asyncio.gather(watchdog, return_exceptions=True)
             self._commit(client)
-        reason = "target reached" if self.target_reached else ("max_requests reached" if self.requests_exhausted else "round done")
-        return RoundResult(self.next_index, self.counts.accepted, self.finished, reason)
+        return RoundResult(self.next_index, self.counts.accepted, self.finished, self.stop_reason)
 
     def _start_totals(self) -> None:
         """Take the committed run totals as the base that this round's counters add to."""
@@ -348,6 +357,7 @@ class GenerationRun:
             self.on_progress(self.counts)
 
     def _commit(self, client: LLMClient) -> None:
+        started = time.perf_counter()
         now = time.monotonic()
         self._generation_seconds += now - self._last_commit
         self._last_commit = now
@@ -374,6 +384,8 @@ class GenerationRun:
             },
             endpoints=_merge_endpoints(self._base_endpoints, client.endpoint_summary()),
         )
+        self.loop.commit_s += time.perf_counter() - started
+        self.loop.commits += 1
 
 
 def _merge_endpoints(base: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -384,89 +396,3 @@ def _merge_endpoints(base: list[dict[str, Any]], current: list[dict[str, Any]]) 
         total["requests"] += e["requests"]
         total["failures"] += e["failures"]
     return list(merged.values())
-
-
-async def _watch_server(server: ManagedServer, client: LLMClient, interval_s: float = 0.25) -> None:
-    """Restart a managed server that died mid-run; requests wait (without spending retries) meanwhile."""
-    from pipeline.server import ServerError
-
-    while True:
-        await asyncio.sleep(interval_s)
-        if server.is_alive():
-            continue
-        client.pause()
-        try:
-            await asyncio.to_thread(server.restart)
-        except ServerError as exc:
-            client.fail(exc)
-            return
-        client.resume()
-
-
-@contextlib.contextmanager
-def llm_endpoints(config: GenerationConfig) -> Iterator[tuple[list[str], ManagedServer | None]]:
-    """The endpoints to use: ``llm.base_urls`` as given, or a managed vLLM server started for the run."""
-    if config.llm.base_urls:
-        yield list(config.llm.base_urls), None
-        return
-    server = ManagedServer(
-        config.server, config.llm.model, config.run_dir / "server.log", api_key=config.llm.api_key.get_secret_value()
-    )
-    try:
-        server.start()
-        yield [server.base_url], server
-    finally:
-        server.stop()
-
-
-def run_rounds(run: GenerationRun, base_urls: list[str], server: ManagedServer | None, max_requests: int | None) -> RoundResult:
-    """Run one round (or, with ``max_requests=None``, everything) on a fresh event loop."""
-
-    async def _round() -> RoundResult:
-        client = LLMClient(run.config.llm, base_urls, rng_seed=run.config.seed)
-        try:
-            return await run.run_round(client, max_requests, server)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(_round())
-
-
-def mark_status(run: GenerationRun, status: str, error: str | None = None) -> None:
-    run.store.update_meta(status=status, error=error)
-
-
-@dataclass
-class GenerateSummary:
-    run_dir: Path
-    accepted: int
-    requests: int
-    reason: str
-    export: Any = None
-
-
-def generate(config: GenerationConfig, on_progress: ProgressCallback | None = None, export: bool = True) -> GenerateSummary:
-    """The whole pipeline without Prefect: open (or resume) the run, generate to the target, export.
-
-    Seeds, template and output directory are checked before any server starts or request is sent.
-    """
-    from pipeline.export import export_run
-
-    run = GenerationRun(config, on_progress).open()
-    try:
-        try:
-            if not run.finished:
-                with llm_endpoints(config) as (base_urls, server):
-                    result = run_rounds(run, base_urls, server, max_requests=None)
-            else:
-                result = RoundResult(run.next_index, run.counts.accepted, True, "already complete")
-        except BaseException as exc:
-            mark_status(run, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        mark_status(run, "completed" if run.target_reached else "incomplete", None if run.target_reached else result.reason)
-        exported = None
-        if export:
-            exported = export_run(config.run_dir, config.export.hf_dataset, config.export.charts, config.export.sample_rows)
-        return GenerateSummary(config.run_dir, run.counts.accepted, run.counts.requests, result.reason, exported)
-    finally:
-        run.close()

@@ -45,14 +45,11 @@ class RequestRejectedError(RuntimeError):
 
 @dataclass
 class Completion:
-    index: int
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    endpoint: str
     attempts: int
-    latency_s: float
 
 
 @dataclass
@@ -174,7 +171,6 @@ class LLMClient:
             endpoint = self._pick_endpoint()
             endpoint.outstanding += 1
             endpoint.requests += 1
-            started = time.monotonic()
             retry_after: float | None = None
             try:
                 kwargs: dict[str, Any] = dict(
@@ -196,14 +192,11 @@ class LLMClient:
                 text = choice.message.content or ""
                 usage = response.usage
                 completion = Completion(
-                    index=index,
                     text=text,
                     finish_reason=choice.finish_reason or "stop",
                     prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                    endpoint=endpoint.url,
                     attempts=attempt + 1,
-                    latency_s=time.monotonic() - started,
                 )
                 endpoint.consecutive_failures = 0
                 endpoint.down_until = 0.0

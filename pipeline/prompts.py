@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import PROMPTS_DIR
-from pipeline.config import ConfigError
+from pipeline.settings import ConfigError
+from pipeline.resources import prompts_dir
 from pipeline.seeds import SeedTask
 
 DEFAULT_TEMPLATES = {"en": "generate_en.jinja", "ko": "generate_ko.jinja"}
@@ -50,14 +50,16 @@ def derive_seed(run_seed: int, index: int, purpose: str) -> int:
 
 
 def resolve_template(name_or_path: str | None, language: str) -> Path:
-    """A template name in ``prompts/`` or a path; raises :class:`TemplateError` naming what was looked for."""
+    """A template name in ``prompts/`` (the checkout's, or the installed package's) or a path; raises
+    :class:`TemplateError` naming what was looked for."""
     name = name_or_path or DEFAULT_TEMPLATES[language]
-    candidates = [Path(name), PROMPTS_DIR / name, PROMPTS_DIR / f"{name}.jinja"]
+    templates = prompts_dir()
+    candidates = [Path(name), templates / name, templates / f"{name}.jinja"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    available = ", ".join(sorted(p.name for p in PROMPTS_DIR.glob("generate_*.jinja")))
-    raise TemplateError(f"prompt_template: unknown template {name!r} (available in {PROMPTS_DIR}: {available})")
+    available = ", ".join(sorted(p.name for p in templates.glob("generate_*.jinja")))
+    raise TemplateError(f"prompt_template: unknown template {name!r} (available in {templates}: {available})")
 
 
 def response_schema(num_tasks: int, string_pattern: str | None = None) -> dict[str, Any]:

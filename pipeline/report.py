@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from uuid import UUID
 
+from pipeline import tables
+
 log = logging.getLogger(__name__)
 
 #: Progress updates are HTTP calls; made from the generation loop's thread they would stall its event loop.
@@ -125,12 +127,6 @@ def publish_dataset_artifacts(run_name: str, run_meta: Mapping[str, Any], export
         return []
     stats = export.stats
     base = artifact_key(run_name)
-    counts = run_meta.get("counts", {})
-    usage = run_meta.get("usage", {})
-    timings = run_meta.get("timings", {})
-    faults = run_meta.get("faults", {})
-    seconds = timings.get("generation_seconds") or 0
-    tokens_per_s = round(usage.get("completion_tokens", 0) / seconds, 1) if seconds else 0.0
     keys = {
         "summary": f"{base}-summary",
         "samples": f"{base}-samples",
@@ -140,33 +136,17 @@ def publish_dataset_artifacts(run_name: str, run_meta: Mapping[str, Any], export
         "verbs": f"{base}-leading-verbs",
         "dataset": f"{base}-dataset",
     }
-    reasons = "\n".join(f"| {r} | {n} |" for r, n in stats.rejected_by_reason.items()) or "| (none) | 0 |"
-    fault_rows = "\n".join(f"| {k} | {v} |" for k, v in faults.items()) or "| (none) | 0 |"
     markdown(
         keys["summary"],
         f"""# Self-instruct run `{run_name}`
 
-| | |
-|---|---|
-| accepted records | {stats.records} |
-| requests | {counts.get('requests', 0)} |
-| candidates parsed | {counts.get('candidates', 0)} |
-| prompt tokens | {usage.get('prompt_tokens', 0)} |
-| completion tokens | {usage.get('completion_tokens', 0)} |
-| retries | {usage.get('retries', 0)} |
-| generation seconds | {seconds} |
-| completion tokens/s | {tokens_per_s} |
-| accepted records/s | {timings.get('accepted_per_second', 0)} |
+{tables.counts_table(run_meta, stats)}
 
 ## Rejected, by reason
-| reason | count |
-|---|---|
-{reasons}
+{tables.reasons_table(stats.rejected_by_reason)}
 
 ## Faults (retried or recorded)
-| kind | count |
-|---|---|
-{fault_rows}
+{tables.faults_table(run_meta.get("faults", {}))}
 
 Dataset: `{export.alpaca_json}`
 """,
@@ -177,11 +157,10 @@ Dataset: `{export.alpaca_json}`
     table(keys["reasons"], [{"reason": r, "count": n} for r, n in stats.rejected_by_reason.items()],
           description=f"Rejections by reason, {run_name}")
     table(keys["lengths"], [{"field": f, **s} for f, s in stats.lengths.items()], description=f"Length distribution (words), {run_name}")
-    verbs = "\n".join(f"| {v['verb']} | {v['count']} | {', '.join(v['objects'])} |" for v in stats.leading_verbs)
     charts = "\n".join(f"- `{p}`" for p in export.charts)
     markdown(
         keys["verbs"],
-        f"# Leading verbs of {run_name}\n\n| verb | count | common objects |\n|---|---|---|\n{verbs}\n\nCharts:\n{charts}\n",
+        f"# Leading verbs of {run_name}\n\n{tables.verbs_table(stats.leading_verbs)}\n\nCharts:\n{charts}\n",
         description="Diversity: the most common leading verbs and their objects",
     )
     link(keys["dataset"], Path(export.run_dir).resolve().as_uri(), text=str(export.alpaca_json), description=f"Dataset files of {run_name}")

@@ -14,7 +14,6 @@ the same records: a resumed run ends byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import errno
 import fcntl
@@ -22,9 +21,10 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator
+
+from pipeline.files import jsonl_bytes, read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,46 +40,6 @@ class RunLockedError(RuntimeError):
 
 class RunDirectoryError(RuntimeError):
     """The run directory cannot be used (not writable, inconsistent, or made by a different config)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_text_file(path: Path) -> Iterator[TextIO]:
-    """A text file written next to ``path``, fsynced, then renamed over it: a crash leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON with :func:`atomic_text_file`."""
-    with atomic_text_file(path) as f:
-        json.dump(data, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -173,10 +133,10 @@ class RunStore:
     def append(self, accepted: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> None:
         """Append records and flush them to the OS (durable at the next :meth:`commit`)."""
         if accepted:
-            self._accepted.write(_jsonl(accepted))
+            self._accepted.write(jsonl_bytes(accepted))
             self._accepted.flush()
         if rejected:
-            self._rejected.write(_jsonl(rejected))
+            self._rejected.write(jsonl_bytes(rejected))
             self._rejected.flush()
 
     def commit(self, next_request_index: int, **sections: Any) -> None:
@@ -219,10 +179,3 @@ class RunStore:
     # ---- reading -------------------------------------------------------------------------------------------------
     def accepted_records(self) -> Iterator[dict[str, Any]]:
         return read_jsonl(self.run_dir / ACCEPTED)
-
-    def rejected_records(self) -> Iterator[dict[str, Any]]:
-        return read_jsonl(self.run_dir / REJECTED)
-
-
-def _jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Literal
 
-from pipeline import PROJECT_ROOT
+from pipeline.resources import seeds_dir
 
 Arch = Literal["llama", "gpt-neox"]
 
@@ -34,7 +34,7 @@ _FALLBACK_TEXT = [
 def _seed_corpus() -> Iterator[str]:
     """Instruction, input and output text of every seed file in ``seeds/``, or a small fallback."""
     found = False
-    for path in sorted((PROJECT_ROOT / "seeds").glob("*.jsonl")):
+    for path in sorted(seeds_dir().glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 task = json.loads(line)

@@ -43,13 +43,14 @@ def install(point: str, n: int) -> None:
 
         LLMClient.complete = complete
     elif point == "write":
-        from pipeline.store import RunStore, _jsonl
+        from pipeline.files import jsonl_bytes
+        from pipeline.store import RunStore
 
         original_append = RunStore.append
 
         def append(self, accepted, rejected):
             if accepted and hit():
-                data = _jsonl(accepted)
+                data = jsonl_bytes(accepted)
                 self._accepted.write(data[: len(data) // 2])  # a torn line on disk
                 self._accepted.flush()
                 os.fsync(self._accepted.fileno())

@@ -13,16 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer, scoring, tokenizers
 
-from pipeline.dedup import (
-    Decision,
-    RougeDedup,
-    _ids_to_code,
-    _rouge_l_fmeasure_array,
-    dedup_file,
-    load_instructions,
-    rouge_l_fmeasure,
-    tokenize_rouge,
-)
+from pipeline.dedup import Decision, RougeDedup, _ids_to_code, dedup_file, load_instructions
+from pipeline.rouge import rouge_l_fmeasure, rouge_l_fmeasure_array
+from pipeline.text import tokenize_rouge
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
@@ -193,8 +186,8 @@ def test_score_helpers_equal_rouge_score() -> None:
     lcs = np.array([0, 1, 3, 5, 7, 0])
     lengths = np.array([4, 9, 3, 8, 10, 0])
     expected = [rouge_f(int(c), 7, int(m)) for c, m in zip(lcs, lengths)]
-    assert _rouge_l_fmeasure_array(lcs, 7, lengths).tolist() == expected
-    assert _rouge_l_fmeasure_array(lcs, 0, lengths).tolist() == [0.0] * len(lcs)
+    assert rouge_l_fmeasure_array(lcs, 7, lengths).tolist() == expected
+    assert rouge_l_fmeasure_array(lcs, 0, lengths).tolist() == [0.0] * len(lcs)
 
 
 @settings(max_examples=300, deadline=None)
@@ -299,13 +292,13 @@ def test_dedup_file_without_output_only_counts(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"instruction": "ok"}\n{"instruction": "broken"\n', "in.txt:2: invalid JSON"),
-        ('{"instruction": "ok"}\n\n{"text": "no instruction"}\n', "in.txt:3: expected a JSON object"),
-        ('["fine",\n  "also fine",\n  42\n]', "in.txt:3: element 2 is int, not a string"),
-        ('[\n"fine",\n"unterminated\n]', "in.txt:3: invalid JSON"),
-        ('["a", "b"] trailing', "in.txt:1: invalid JSON: extra data"),
-        ('["a" "b"]', "in.txt:1: invalid JSON: expected ',' or ']'"),
-        ('["a",', "in.txt:1: invalid JSON"),
+        ('{"instruction": "ok"}\n{"instruction": "broken"\n', "in.txt:2: json: invalid JSON"),
+        ('{"instruction": "ok"}\n\n{"text": "no instruction"}\n', "in.txt:3: instruction: expected a string or an object"),
+        ('["fine",\n  "also fine",\n  42\n]', "in.txt:3: [2].instruction: expected a string or an object with a string 'instruction', got int"),
+        ('[\n"fine",\n"unterminated\n]', "in.txt:3: json: invalid JSON"),
+        ('["a", "b"] trailing', "in.txt:1: json: invalid JSON: extra data"),
+        ('["a" "b"]', "in.txt:1: json: invalid JSON: expected ',' or ']'"),
+        ('["a",', "in.txt:1: json: invalid JSON"),
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from pipeline.dedup import (
-    RougeDedup,
+from pipeline.dedup import RougeDedup
+from pipeline.text import (
     get_kiwi,
     is_mostly_hangul,
     tokenize_auto,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pipeline import generate as generate_module
-from pipeline.generate import generate
+from pipeline import lifecycle
+from pipeline.lifecycle import generate
 from pipeline.llm import LLMClient
 from pipeline.server import ManagedServer
 from tests.conftest import _require_vllm, tiny_llm_config, tiny_server_config
@@ -54,7 +54,7 @@ def clients(monkeypatch) -> list[LLMClient]:
             super().__init__(*args, **kwargs)
             created.append(self)
 
-    monkeypatch.setattr(generate_module, "LLMClient", Recording)
+    monkeypatch.setattr(lifecycle, "LLMClient", Recording)
     return created
 
 

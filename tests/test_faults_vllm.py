@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.generate import generate
+from pipeline.lifecycle import generate
 from tests.conftest import tiny_llm_config
 from tests.fault_proxy import ALL_FAULTS, FaultProxy
 from tests.test_generate_vllm import make_config, read_lines

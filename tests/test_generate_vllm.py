@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from pipeline.config import DedupConfig, GenerationConfig
-from pipeline.generate import GenerationRun, generate, run_rounds
+from pipeline.generate import GenerationRun
+from pipeline.lifecycle import generate, run_rounds
 from tests.conftest import PROJECT_ROOT, tiny_llm_config, tiny_server_config
 
 pytestmark = pytest.mark.vllm

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.config import GenerationConfig, LLMConfig
-from pipeline.generate import GenerationRun, run_rounds
+from pipeline.generate import GenerationRun
+from pipeline.lifecycle import run_rounds
 from pipeline.llm import LLMClient, LLMUnavailableError, RequestRejectedError
 from pipeline.server import free_port
 

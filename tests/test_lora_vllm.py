@@ -32,7 +32,7 @@ openai = pytest.importorskip("openai")
 from pipeline import PROJECT_ROOT  # noqa: E402
 from pipeline.server import ManagedServer  # noqa: E402
 from pipeline.train import TrainConfig, train  # noqa: E402
-from pipeline.train.lora import _vllm_lora_rank  # noqa: E402
+from pipeline.train.reporting import vllm_lora_rank  # noqa: E402
 from pipeline.train.templates import load_template  # noqa: E402
 from tests.conftest import _require_vllm, real_server_config  # noqa: E402
 
@@ -146,7 +146,7 @@ def test_vllm_serves_the_adapter_on_the_base_with_pefts_greedy_tokens(trained, s
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == config.lora_r
     server_config = real_server_config(extra_args=[
         "--enable-lora", "--lora-modules", f"{ADAPTER_NAME}={adapter_dir}",
-        "--max-lora-rank", str(_vllm_lora_rank(config.lora_r)),
+        "--max-lora-rank", str(vllm_lora_rank(config.lora_r)),
     ])
     server = ManagedServer(server_config, str(smollm2), tmp_path / "vllm-lora.log")
     try:

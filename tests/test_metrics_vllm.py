@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from pipeline.generate import generate
+from pipeline.lifecycle import generate
 from pipeline.metrics import metrics_url, parse_prometheus_text, prefix_cache_hit_rate, read_vllm_metrics
 from tests.test_generate_vllm import make_config
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pipeline import PROJECT_ROOT
-from pipeline.config import ConfigError
+from pipeline.settings import ConfigError
 from pipeline.prompts import (
     GeneratedTasks,
     PromptBuilder,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import GenerationConfig, LLMConfig
-from pipeline.generate import generate
+from pipeline.lifecycle import generate
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -3,6 +3,7 @@ Once ``server.max_restarts`` is used up the run fails with a clear message, keep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,8 @@ import time
 
 import pytest
 
-from pipeline.generate import GenerationRun, llm_endpoints, run_rounds
+from pipeline.generate import GenerationRun
+from pipeline.lifecycle import llm_endpoints, run_rounds
 from pipeline.server import ServerError
 from tests.conftest import _require_vllm, tiny_llm_config, tiny_server_config
 from tests.test_generate_vllm import make_config, read_lines
@@ -77,7 +79,7 @@ def test_killed_managed_server_is_restarted_then_fails_clearly_and_resumes(tiny_
     assert meta["endpoints"][0]["requests"] >= failed_at  # totals add up across the three rounds
 
     # The work is kept: the same run resumes on a new server where it stopped, sending nothing twice.
-    with llm_endpoints(config) as (base_urls, server), GenerationRun(config) as resumed:
+    with llm_endpoints(config) as (base_urls, server), contextlib.closing(GenerationRun(config).open()) as resumed:
         assert resumed.next_index == failed_at
         result = run_rounds(resumed, base_urls, server, max_requests=2)
     assert result.next_request_index == failed_at + 2

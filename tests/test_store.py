@@ -20,8 +20,8 @@ from pipeline.store import (
     RunDirectoryError,
     RunLockedError,
     RunStore,
-    write_json_atomic,
 )
+from pipeline.files import read_jsonl, write_json_atomic
 
 A1 = {"instruction": "Name a colour.", "output": "Red"}
 A2 = {"instruction": "Name a fruit.", "output": "Apple", "note": "사과"}
@@ -55,7 +55,7 @@ def test_commit_then_reopen_returns_committed_meta(tmp_path):
         assert store.resumed is True
         assert store.meta == meta
         assert list(store.accepted_records()) == [A1, A2]
-        assert list(store.rejected_records()) == [R1]
+        assert list(read_jsonl(tmp_path / REJECTED)) == [R1]
 
 
 def test_open_returns_a_copy(tmp_path):
@@ -112,7 +112,7 @@ def test_append_without_commit_is_lost_on_reopen(tmp_path):
     store.close()  # no commit: the records after the commit point are redone on resume
     with RunStore(tmp_path) as store:
         assert list(store.accepted_records()) == [A1, A2]
-        assert list(store.rejected_records()) == [R1]
+        assert list(read_jsonl(tmp_path / REJECTED)) == [R1]
 
 
 def test_file_shorter_than_committed_raises(tmp_path):

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DedupConfig, GenerationConfig, LLMConfig
-from pipeline.generate import GenerationRun, run_rounds
+from pipeline.generate import GenerationRun
+from pipeline.lifecycle import run_rounds
 
 REQUESTS = 40
 TASKS = 2

@@ -22,7 +22,7 @@ RUNNER = "import sys\nfrom pipeline.train import TrainConfig, train\ntrain(Train
 def test_two_process_ddp_training_shares_the_data_and_saves_one_adapter(tmp_path):
     from pipeline.tiny import make_tiny_model
     from pipeline.train import TrainConfig
-    from pipeline.train.lora import verify_adapter
+    from pipeline.train.adapters import verify_adapter
 
     model_dir = make_tiny_model(tmp_path / "tiny", arch="llama")
     records = [{"instruction": f"Say {i}.", "input": "", "output": f"{i} {i}"} for i in range(12)]

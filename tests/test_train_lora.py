@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from pipeline.tiny import make_tiny_model  # noqa: E402
 from pipeline.train import TrainConfig, train  # noqa: E402
-from pipeline.train.lora import TARGET_MODULES_BY_MODEL_TYPE, verify_adapter  # noqa: E402
+from pipeline.train.adapters import TARGET_MODULES_BY_MODEL_TYPE, verify_adapter  # noqa: E402
 
 ARCHS = {"llama": ("llama", "alpaca"), "gpt-neox": ("gpt_neox", "koalpaca")}
 
@@ -235,4 +235,4 @@ def test_cli_reports_a_bad_dataset_with_exit_code_2(tiny_models, tmp_path, capsy
     args = parser.parse_args(["--base-model", str(tiny_models["llama"]), "--dataset", str(bad),
                               "--output", str(tmp_path / "out")])
     assert run_train_command(args) == 2
-    assert f"{bad}: record 0: 'output' must be a string" in capsys.readouterr().err
+    assert f"{bad}:1: [0].output: must be a string" in capsys.readouterr().err

@@ -15,7 +15,8 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from pipeline.tiny import make_tiny_model  # noqa: E402
 from pipeline.train import TrainConfig, train  # noqa: E402
-from pipeline.train.lora import load_base_model, verify_adapter  # noqa: E402
+from pipeline.train.adapters import verify_adapter  # noqa: E402
+from pipeline.train.model_loading import load_base_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

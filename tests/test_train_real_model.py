@@ -38,9 +38,9 @@ SETTINGS = dict(
 #: Held-out loss must fall by at least this much (nats). Measured with exactly these settings (the runs are seeded, so
 #: only CPU summation order varies; two LoRA runs gave the same losses to 4 decimals): LoRA 2.411 -> 2.062 (-0.349),
 #: QLoRA 2.601 -> 2.225 (-0.376). Before bitsandbytes' CPU inference repacking was turned off (see
-#: lora._keep_cpu_4bit_weights_trainable), QLoRA moved only 2.600 -> 2.563: the samples generated before training had
-#: repacked the 4-bit weights, and backprop then ran through a kernel without autograd. Each margin is well under
-#: half the measured drop, and far above what that bug allowed.
+#: model_loading._keep_cpu_4bit_weights_trainable), QLoRA moved only 2.600 -> 2.563: the samples generated before
+#: training had repacked the 4-bit weights, and backprop then ran through a kernel without autograd. Each margin is
+#: well under half the measured drop, and far above what that bug allowed.
 MIN_DROP = {"lora": 0.15, "qlora": 0.15}
 
 

@@ -170,10 +170,10 @@ def test_hf_dataset_directory(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json", "invalid JSON"),
-        (json.dumps({"instruction": "x"}), "expected a JSON list"),
-        (json.dumps([{"instruction": "", "output": "y"}]), "record 0: 'instruction' must be a non-empty string"),
-        (json.dumps([NO_INPUT, {"instruction": "x"}]), "record 1: 'output' must be a string"),
+        ("{not json", ":1: json: invalid JSON"),
+        (json.dumps({"instruction": "x"}), ":1: \\(root\\): expected a JSON list"),
+        (json.dumps([{"instruction": "", "output": "y"}]), "\\[0\\].instruction: must be a non-empty string"),
+        (json.dumps([NO_INPUT, {"instruction": "x"}]), "\\[1\\].output: must be a string"),
         (json.dumps([]), "no records"),
     ],
 )
@@ -188,7 +188,7 @@ def test_bad_dataset_errors_name_the_file(tmp_path, content, message):
 def test_bad_jsonl_line_and_missing_paths_are_named(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(NO_INPUT) + "\n{oops\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=rf"{path}:2: invalid JSON line"):
+    with pytest.raises(DatasetError, match=rf"{path}:2: json: invalid JSON"):
         load_records(path)
     with pytest.raises(DatasetError, match="neither alpaca_data.json nor accepted.jsonl"):
         load_records(tmp_path)
@@ -226,15 +226,15 @@ SEED_TASK = {"id": "t", "instruction": "Say hi.", "instances": [{"input": "", "o
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({**SEED_TASK, "instances": []}, "record 1: 'instances' must be a non-empty list"),
-        ({**SEED_TASK, "instances": None}, "record 1: 'instances' must be a non-empty list"),
-        ({k: v for k, v in SEED_TASK.items() if k != "instances"}, "record 1: 'instances' must be a non-empty list"),
-        ({**SEED_TASK, "instruction": " "}, "record 1: 'instruction' must be a non-empty string"),
+        ({**SEED_TASK, "instances": []}, "instances: must be a non-empty list"),
+        ({**SEED_TASK, "instances": None}, "instances: must be a non-empty list"),
+        ({k: v for k, v in SEED_TASK.items() if k != "instances"}, "instances: must be a non-empty list"),
+        ({**SEED_TASK, "instruction": " "}, "instruction: must be a non-empty string"),
         ({**SEED_TASK, "instances": [{"input": "x", "output": "y"}, {"input": "x"}]},
-         r"record 1: 'instances\[1\]\.output' must be a string"),
-        ({**SEED_TASK, "instances": [{"input": 3, "output": "y"}]}, r"record 1: 'instances\[0\]\.input' must be a string"),
-        ({**SEED_TASK, "instances": ["y"]}, r"record 1: 'instances\[0\]' must be an object"),
-        (["not", "a", "task"], "record 1: expected a Self-Instruct task object"),
+         r"instances\[1\]\.output: must be a string"),
+        ({**SEED_TASK, "instances": [{"input": 3, "output": "y"}]}, r"instances\[0\]\.input: must be a string"),
+        ({**SEED_TASK, "instances": ["y"]}, r"instances\[0\]: must be an object"),
+        (["not", "a", "task"], "\\(root\\): expected a Self-Instruct task object"),
     ],
 )
 def test_bad_seed_task_errors_name_file_line_and_field(tmp_path, bad, message):

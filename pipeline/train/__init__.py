@@ -4,6 +4,7 @@ Importing this package is cheap; torch, transformers and peft load when :func:`t
 """
 
 from pipeline.train.config import TrainConfig
-from pipeline.train.lora import TrainResult, train
+from pipeline.train.lora import train
+from pipeline.train.outputs import TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "train"]

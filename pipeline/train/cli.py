@@ -11,11 +11,8 @@ import argparse
 import json
 import logging
 import sys
-import typing
-from typing import Any
 
-from pydantic import ValidationError
-
+from pipeline.settings import ConfigError, add_config_options, load_config, overrides_from_args
 from pipeline.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -23,10 +20,7 @@ log = logging.getLogger(__name__)
 #: Extra spellings of some options, for brevity.
 ALIASES: dict[str, list[str]] = {"output_dir": ["--output"]}
 _CONFIG_FILE_DEST = "train_config_file"
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
+_OPTIONS_DEST = "train_options"
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,44 +31,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.yaml",
         help="YAML or JSON file of TrainConfig fields; options given here override it",
     )
-    for name, field in TrainConfig.model_fields.items():
-        flags = [_option(name), *ALIASES.get(name, [])]
-        help_text = (field.description or "").replace("%", "%%")
-        if not field.is_required():
-            help_text += f" (default: {field.default!r})".replace("%", "%%")
-        if field.annotation is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            # Values stay strings here; pydantic converts and validates them with the file's values.
-            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=_metavar(name, field.annotation),
-                                help=help_text)
-
-
-def _metavar(name: str, annotation: Any) -> str:
-    if typing.get_origin(annotation) is typing.Literal:
-        return "{" + ",".join(str(choice) for choice in typing.get_args(annotation)) + "}"
-    return name.upper()
+    parser.set_defaults(**{_OPTIONS_DEST: add_config_options(parser, TrainConfig, ALIASES)})
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed arguments (file values overridden by options)."""
-    overrides: dict[str, Any] = {name: getattr(args, name) for name in TrainConfig.model_fields if hasattr(args, name)}
-    config_file = getattr(args, _CONFIG_FILE_DEST, None)
-    if config_file:
-        return TrainConfig.from_file(config_file, **overrides)
-    return TrainConfig(**overrides)
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """One line per invalid field, naming the field and its command-line option."""
-    lines = ["invalid training configuration:"]
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "config"
-        field = str(item["loc"][0]) if item["loc"] else ""
-        option = f" ({_option(field)})" if field in TrainConfig.model_fields else ""
-        lines.append(f"  {location}{option}: {item['msg']}")
-    return "\n".join(lines)
+    options = getattr(args, _OPTIONS_DEST)
+    return load_config(TrainConfig, getattr(args, _CONFIG_FILE_DEST, None), overrides_from_args(args, options), options)
 
 
 def run_train_command(args: argparse.Namespace) -> int:
@@ -85,11 +48,8 @@ def run_train_command(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-    except ValidationError as exc:
-        print(format_validation_error(exc), file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:  # unreadable or malformed --config file
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"invalid training configuration:\n{exc}", file=sys.stderr)
         return 2
 
     from pipeline.train.lora import train

@@ -14,11 +14,12 @@ the published recipes; each field's description says where its default comes fro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.train.templates import TemplateName
 
 Method = Literal["lora", "qlora"]
 Precision = Literal["auto", "bf16", "fp32", "fp16"]
@@ -61,7 +62,7 @@ class TrainConfig(BaseModel):
         "4-bit NF4 with double quantisation and bf16 compute, prepared with peft's prepare_model_for_kbit_training "
         "(QLoRA paper).",
     )
-    template: Literal["alpaca", "koalpaca"] = Field(
+    template: TemplateName = Field(
         "alpaca",
         description="Prompt format: 'alpaca' (Stanford Alpaca / alpaca-lora, for LLaMA-family models) or "
         "'koalpaca' ('### 질문: … ### 맥락: … ### 답변:', for Polyglot-ko). Files: prompts/train_<template>.json.",
@@ -228,18 +229,3 @@ class TrainConfig(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (for train_config.json and Prefect)."""
         return self.model_dump(mode="json")
-
-    @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Read a YAML or JSON file; ``overrides`` (e.g. from the command line) take precedence."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
-        return cls(**{**data, **overrides})

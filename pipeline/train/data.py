@@ -17,13 +17,13 @@ Batching is transformers' own: ``DataCollatorWithFlattening`` (padding-free) and
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from pipeline.files import InputFileError, Located, read_json_values
 from pipeline.train.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,16 @@ def load_records(path: str | Path, max_samples: int | None = None) -> list[Recor
         source, raw = _load_directory(path)
     else:
         source, raw = path, _load_file(path)
-    if raw and isinstance(raw[0][1], Mapping) and "instances" in raw[0][1]:
-        records = [record for where, item in raw for record in _seed_task_records(where, item)]
-    else:
-        records = [_clean_record(where, item) for where, item in raw]
+    try:
+        if raw and isinstance(raw[0].value, Mapping) and "instances" in raw[0].value:
+            records = [record for item in raw for record in _seed_task_records(item)]
+        else:
+            records = [_clean_record(item) for item in raw]
+    except InputFileError as exc:
+        raise DatasetError(str(exc)) from None
     if not records:
         raise DatasetError(f"{source}: dataset has no records")
     return records[:max_samples] if max_samples else records
-
-
-#: A raw record and where it came from ("FILE: record N", or "FILE:LINE: record N" for JSON lines).
-Located = tuple[str, Any]
 
 
 def _load_directory(path: Path) -> tuple[Path, list[Located]]:
@@ -79,7 +78,7 @@ def _load_directory(path: Path) -> tuple[Path, list[Located]]:
         if (path / name).is_file():
             return path / name, _load_file(path / name)
     if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        return path, [(f"{path}: record {index}", item) for index, item in enumerate(_load_hf_dataset(path))]
+        return path, [Located(path, 0, index, item, in_array=True) for index, item in enumerate(_load_hf_dataset(path))]
     raise DatasetError(
         f"{path}: directory has neither {' nor '.join(RUN_DIR_FILES)} nor a datasets.save_to_disk layout "
         "(dataset_info.json / dataset_dict.json)"
@@ -104,75 +103,54 @@ def _load_hf_dataset(path: Path) -> list[Any]:
 
 def _load_file(path: Path) -> list[Located]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text: {exc}") from None
-    if path.suffix.lower() == ".jsonl":
-        items: list[Located] = []
-        # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 or \x0c, which splitlines() would
-        # treat as a line break (breaking the line and shifting every later line number).
-        for line_number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{path}:{line_number}: record {len(items)}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{line_number}: invalid JSON line: {exc.msg}") from None
-        return items
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of {{instruction, input, output}} records")
-    return [(f"{path}: record {index}", item) for index, item in enumerate(data)]
+        items = list(read_json_values(path))
+    except InputFileError as exc:
+        raise DatasetError(str(exc)) from None
+    if path.suffix.lower() == ".json" and items and not items[0].in_array:
+        raise DatasetError(f"{path}:1: (root): expected a JSON list of {{instruction, input, output}} records")
+    return items
 
 
-def _clean_record(where: str, item: Any) -> Record:
-    if not isinstance(item, Mapping):
-        raise DatasetError(f"{where}: expected an object with instruction/input/output, got {type(item).__name__}")
-    instruction, output, input_text = item.get("instruction"), item.get("output"), item.get("input")
+def _clean_record(item: Located) -> Record:
+    if not isinstance(item.value, Mapping):
+        raise item.error("(root)", f"expected an object with instruction/input/output, got {type(item.value).__name__}")
+    instruction = item.value.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
-        raise DatasetError(f"{where}: 'instruction' must be a non-empty string")
-    if not isinstance(output, str):
-        raise DatasetError(f"{where}: 'output' must be a string")
-    if input_text is None:
-        input_text = ""
-    if not isinstance(input_text, str):
-        raise DatasetError(f"{where}: 'input' must be a string")
-    return {"instruction": instruction, "input": input_text, "output": output}
+        raise item.error("instruction", "must be a non-empty string")
+    return {"instruction": instruction, **_input_and_output(item, item.value, "")}
 
 
-def _seed_task_records(where: str, item: Any) -> list[Record]:
+def _seed_task_records(item: Located) -> list[Record]:
     """The Alpaca records of one Self-Instruct task: its instruction with each instance's input and output.
 
     Other keys (``id``, ``name``, ``is_classification``) are dropped. Errors name the field, e.g.
-    ``seed_tasks.jsonl:7: record 6: 'instances[0].output' must be a string``.
+    ``seed_tasks.jsonl:7: instances[0].output: must be a string``.
     """
-    if not isinstance(item, Mapping):
-        raise DatasetError(f"{where}: expected a Self-Instruct task object with instruction/instances, "
-                           f"got {type(item).__name__}")
-    instruction, instances = item.get("instruction"), item.get("instances")
+    task = item.value
+    if not isinstance(task, Mapping):
+        raise item.error("(root)", f"expected a Self-Instruct task object with instruction/instances, got {type(task).__name__}")
+    instruction, instances = task.get("instruction"), task.get("instances")
     if not isinstance(instruction, str) or not instruction.strip():
-        raise DatasetError(f"{where}: 'instruction' must be a non-empty string")
+        raise item.error("instruction", "must be a non-empty string")
     if not isinstance(instances, list) or not instances:
-        raise DatasetError(f"{where}: 'instances' must be a non-empty list of {{input, output}} objects "
-                           "(Self-Instruct task format)")
-    records = []
-    for number, instance in enumerate(instances):
-        field_name = f"instances[{number}]"
-        if not isinstance(instance, Mapping):
-            raise DatasetError(f"{where}: '{field_name}' must be an object with input/output, "
-                               f"got {type(instance).__name__}")
-        output, input_text = instance.get("output"), instance.get("input")
-        if not isinstance(output, str):
-            raise DatasetError(f"{where}: '{field_name}.output' must be a string")
-        if input_text is None:
-            input_text = ""
-        if not isinstance(input_text, str):
-            raise DatasetError(f"{where}: '{field_name}.input' must be a string")
-        records.append({"instruction": instruction, "input": input_text, "output": output})
-    return records
+        raise item.error("instances", "must be a non-empty list of {input, output} objects (Self-Instruct task format)")
+    return [{"instruction": instruction, **_input_and_output(item, instance, f"instances[{number}]")}
+            for number, instance in enumerate(instances)]
+
+
+def _input_and_output(item: Located, fields: Any, prefix: str) -> dict[str, str]:
+    """``input`` ("" when missing) and ``output`` of ``fields``, checked; ``prefix`` names where they are."""
+    dotted = f"{prefix}." if prefix else ""
+    if not isinstance(fields, Mapping):
+        raise item.error(prefix, f"must be an object with input/output, got {type(fields).__name__}")
+    output, input_text = fields.get("output"), fields.get("input")
+    if not isinstance(output, str):
+        raise item.error(f"{dotted}output", "must be a string")
+    if input_text is None:
+        input_text = ""
+    if not isinstance(input_text, str):
+        raise item.error(f"{dotted}input", "must be a string")
+    return {"input": input_text, "output": output}
 
 
 @dataclass

@@ -12,12 +12,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, get_args
 
-from pipeline import PROMPTS_DIR
+from pipeline.resources import prompt_path
 
+#: The training prompt formats; each has a ``prompts/train_<name>.json`` file.
 TemplateName = Literal["alpaca", "koalpaca"]
-TEMPLATE_NAMES: tuple[str, ...] = ("alpaca", "koalpaca")
+TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 _REQUIRED_KEYS = ("prompt_input", "prompt_no_input", "response_split")
 
 
@@ -52,7 +53,7 @@ class PromptTemplate:
 
 
 def template_path(name: str) -> Path:
-    return PROMPTS_DIR / f"train_{name}.json"
+    return prompt_path(f"train_{name}.json")
 
 
 @lru_cache(maxsize=None)
@@ -64,7 +65,7 @@ def load_template(name: str) -> PromptTemplate:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: prompt template file is missing (run from a checkout of the project)") from None
+        raise FileNotFoundError(f"{path}: prompt template file is missing (neither in the checkout nor in the installed package)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
     missing = [key for key in _REQUIRED_KEYS if not isinstance(data.get(key), str)]

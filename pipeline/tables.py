@@ -1,0 +1,55 @@
+"""The run's figures as markdown tables, written once and shown in both the dataset card and the Prefect artifacts."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], empty: Sequence[Any] | None = None) -> str:
+    """A GitHub-flavoured markdown table; ``empty`` is the one row shown when there are no rows."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = [list(row) for row in rows] or ([list(empty)] if empty is not None else [])
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def count_rows(run_meta: Mapping[str, Any], stats: Any) -> list[tuple[str, Any]]:
+    """What a run produced and spent: records, requests, tokens and throughput, from ``run.json`` and the export stats."""
+    counts = run_meta.get("counts", {})
+    usage = run_meta.get("usage", {})
+    timings = run_meta.get("timings", {})
+    seconds = timings.get("generation_seconds") or 0
+    return [
+        ("accepted records", stats.records),
+        ("records with an input", stats.with_input),
+        ("requests", counts.get("requests", 0)),
+        ("candidates parsed", counts.get("candidates", 0)),
+        ("prompt tokens", usage.get("prompt_tokens", 0)),
+        ("completion tokens", usage.get("completion_tokens", 0)),
+        ("retries", usage.get("retries", 0)),
+        ("generation seconds", seconds),
+        ("completion tokens/s", round(usage.get("completion_tokens", 0) / seconds, 1) if seconds else 0.0),
+        ("accepted records/s", timings.get("accepted_per_second", 0)),
+    ]
+
+
+def counts_table(run_meta: Mapping[str, Any], stats: Any) -> str:
+    return markdown_table(("what", "count"), count_rows(run_meta, stats))
+
+
+def reasons_table(rejected_by_reason: Mapping[str, int]) -> str:
+    return markdown_table(("reason", "count"), rejected_by_reason.items(), empty=("(none)", 0))
+
+
+def faults_table(faults: Mapping[str, int]) -> str:
+    return markdown_table(("kind", "count"), faults.items(), empty=("(none)", 0))
+
+
+def lengths_table(lengths: Mapping[str, Mapping[str, float]]) -> str:
+    columns = ("mean", "median", "p90", "min", "max")
+    return markdown_table(("field", *columns), ([name, *(s[c] for c in columns)] for name, s in lengths.items()))
+
+
+def verbs_table(leading_verbs: Sequence[Mapping[str, Any]]) -> str:
+    return markdown_table(("verb", "count", "common objects"),
+                          ((v["verb"], v["count"], ", ".join(v["objects"])) for v in leading_verbs))
