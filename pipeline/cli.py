@@ -127,7 +127,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from pipeline.dedup import dedup_file
 
     try:
-        summary = dedup_file(args.input, args.output, threshold=args.threshold, tokenizer=args.tokenizer, seeds_path=args.seeds)
+        summary = dedup_file(args.input, args.output or "-", threshold=args.threshold, tokenizer=args.tokenizer, seeds_path=args.seeds)
     except (ValueError, OSError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

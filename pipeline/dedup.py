@@ -19,7 +19,9 @@ are read and written with :mod:`pipeline.files`.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from bisect import bisect_right
 from collections import Counter
@@ -335,7 +337,7 @@ def dedup_file(
 ) -> dict[str, Any]:
     """Filter the instructions of ``input_path`` (see :func:`load_instructions`) against each other and the seeds.
 
-    Writes ``output_path`` (unless None) as JSONL, one object per input instruction, in order:
+    Writes ``output_path`` (unless None; ``"-"`` is standard output) as JSONL, one object per input instruction, in order:
     ``{"index", "kept", "score", "similar_to"}``, where ``similar_to`` counts the seeds first, then the kept input
     instructions (as :attr:`RougeDedup.texts`). Returns summary counts.
     """
@@ -345,7 +347,9 @@ def dedup_file(
     dedup = RougeDedup(threshold=threshold, tokenizer=tokenizer)
     dedup.add_seeds(seeds)
     decisions = dedup.add_many(instructions)
-    if output_path is not None:
+    if output_path == "-":
+        sys.stdout.writelines(json.dumps(record) + "\n" for record in _decision_records(decisions))
+    elif output_path is not None:
         write_jsonl_atomic(Path(output_path), _decision_records(decisions))
     kept = sum(decision.kept for decision in decisions)
     return {

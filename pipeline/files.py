@@ -21,6 +21,17 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: What open() would give a new file: 0666 less the process umask (read once, at import: os.umask can only be read by
+#: setting it).
+_NEW_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -35,6 +46,7 @@ def atomic_text_file(path: Path) -> Iterator[TextIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, _NEW_FILE_MODE)  # mkstemp's 0600 would make datasets private to their writer
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()

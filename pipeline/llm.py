@@ -131,13 +131,21 @@ class LLMClient:
             raise self._fatal
 
     # ---- requests ----------------------------------------------------------------------------------------------------
-    def _pick_endpoint(self) -> Endpoint:
+    def _pick_endpoint(self, index: int, attempt: int) -> Endpoint:
         now = time.monotonic()
         healthy = [e for e in self.endpoints if e.healthy(now)]
         if not healthy:
             # Every endpoint is cooling down: probe the one that has waited longest rather than stall.
-            return min(self.endpoints, key=lambda e: e.down_until)
-        return min(healthy, key=lambda e: (e.outstanding, e.requests))
+            chosen = min(self.endpoints, key=lambda e: e.down_until)
+        else:
+            chosen = min(healthy, key=lambda e: (e.outstanding, e.requests))
+        if log.isEnabledFor(logging.DEBUG):
+            # The state the choice was made in, as data: a test (or a user chasing a failover) can check every pick.
+            pick = {"index": index, "attempt": attempt, "url": chosen.url, "healthy": [e.url for e in healthy],
+                    "cooling_down": [e.url for e in self.endpoints if not e.healthy(now)]}
+            log.debug("request %d attempt %d -> %s (cooling down: %s)", index, attempt, chosen.url,
+                      ", ".join(pick["cooling_down"]) or "none", extra={"endpoint_pick": pick})
+        return chosen
 
     def _mark_failure(self, endpoint: Endpoint) -> None:
         endpoint.failures += 1
@@ -168,7 +176,7 @@ class LLMClient:
         last_error = "no attempt made"
         for attempt in range(cfg.max_retries + 1):
             await self._wait_available()
-            endpoint = self._pick_endpoint()
+            endpoint = self._pick_endpoint(index, attempt)
             endpoint.outstanding += 1
             endpoint.requests += 1
             retry_after: float | None = None

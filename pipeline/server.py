@@ -65,6 +65,10 @@ def terminate_all() -> None:
             _signal_group(process.pid, signal.SIGTERM)
 
 
+#: Start-ups tried on freshly picked ports when the one picked before was taken meanwhile.
+_PORT_ATTEMPTS = 3
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -157,7 +161,23 @@ class ManagedServer:
         return env
 
     def start(self) -> str:
-        """Start the server and block until ``GET /v1/models`` answers; return the base URL."""
+        """Start the server and block until ``GET /v1/models`` answers; return the base URL.
+
+        A port picked here (``server.port`` 0) can be taken by another process between the pick and the
+        server's bind; the server then exits at once, and it is started again on another port.
+        """
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                return self._start_once()
+            except ServerError as exc:
+                taken = "address already in use" in str(exc).lower()
+                if not taken or self.config.port or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                log.warning("port %d was taken before vLLM could bind it; trying another", self.port)
+                self.port = free_port(self.config.host)
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> str:
         if _terminating.is_set():
             raise ServerError("not starting vLLM: this process is shutting down")
         cmd = vllm_command(self.config, self.model, self.config.host, self.port)

@@ -76,6 +76,9 @@ class RunStore:
         self._acquire_lock()
         try:
             run_json = self.run_dir / RUN_JSON
+            for leftover in self.run_dir.glob(f".{RUN_JSON}.*"):
+                # A commit killed before its rename: the committed run.json is the one that counts.
+                leftover.unlink()
             if run_json.exists():
                 try:
                     self.meta = json.loads(run_json.read_text(encoding="utf-8"))

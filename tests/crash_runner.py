@@ -3,8 +3,9 @@
     python -m tests.crash_runner POINT N selfinstruct-args...
 
 POINT is one of: request (after the Nth completion arrives, others in flight), write (halfway through the Nth
-append to accepted.jsonl), dedup (inside the Nth ROUGE-L check), export (after alpaca_data.json, before the HF
-dataset). The patches live here, not in the pipeline: production code has no crash hooks.
+append to accepted.jsonl), dedup (inside the Nth ROUGE-L check), commit (inside the Nth commit: run.json written
+under its temporary name, not renamed), export (after alpaca_data.json, before the HF dataset), finished (after
+the run and its export, before the process exits), none. The patches live here, not in the pipeline: production code has no crash hooks.
 """
 
 from __future__ import annotations
@@ -76,6 +77,28 @@ def install(point: str, n: int) -> None:
             _die()
 
         export._write_hf_dataset = write_hf_dataset
+    elif point == "commit":
+        # Inside the Nth commit: the new run.json is written and fsynced under a temporary name, not yet renamed.
+        original_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).endswith("run.json") and hit():
+                _die()
+            return original_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+    elif point == "finished":
+        # After the run and its export returned, before the process exits.
+        from pipeline import lifecycle
+
+        original_run_generation = lifecycle.run_generation
+
+        def run_generation(*args, **kwargs):
+            result = original_run_generation(*args, **kwargs)
+            _die()
+            return result
+
+        lifecycle.run_generation = run_generation
     elif point != "none":
         raise SystemExit(f"unknown crash point {point!r}")
 

@@ -2,7 +2,8 @@
 
 Runs ``pipeline.cli.main`` in-process (plus a few real subprocess runs of the installed ``selfinstruct``).
 Every ``generate`` call that must fail early points ``--base-url`` at a TCP socket the test listens on and
-then asserts that nothing connected to it: the input was refused before any LLM call.
+then asserts that nothing connected to it: the input was refused before any LLM call. A run that fails part-way,
+and a resume with a changed config, run against the scripted fake server of ``tests/test_run_paths.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -322,10 +324,117 @@ def test_unreachable_endpoint_fails_resumably_without_leaking_secret(cwd, capsys
         assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in out + err
 
-    # The same directory with a config that would change the dataset is refused before any request.
-    code, _, err = run(capsys, *argv, "--seed", "7")
-    assert code == 2
-    assert "different config" in err and "seed" in err
+
+def test_run_failing_part_way_resumes_with_the_same_command(cwd, capsys):
+    """A live server that fails request 3 (HTTP 500 on every attempt): the run fails with exit 1 after requests
+    0-2 are kept. The same command, once the server answers again, resumes at request 3, keeps the earlier
+    records byte for byte, completes, and ends with the same records as an uninterrupted run."""
+    from tests.test_run_paths import ScriptedOpenAI, fresh_tasks, structured
+
+    failing = {"on": True}
+
+    def answer(index: int, attempt: int) -> tuple[int, str]:
+        if failing["on"] and index == 3:
+            time.sleep(0.2)  # requests 0-2 are surely consumed before request 3 gives up
+            return 500, "engine died"
+        return structured(fresh_tasks(index))
+
+    (cwd / "cfg.yaml").write_text(
+        f"llm: {{max_retries: 2, backoff_initial_s: 0.05, backoff_max_s: 0.1, max_concurrency: 2, api_key: {SECRET}}}\n"
+        "tasks_per_request: 2\nexport: {hf_dataset: false, charts: false}\n"
+    )
+    with ScriptedOpenAI(answer) as fake:
+        argv = ["generate", "--config", "cfg.yaml", "--output-dir", "out", "--run-name", "r1", "--target", "10",
+                "--base-url", fake.base_url]
+        code, out, err = run(capsys, *argv)
+        assert code == 1
+        failure = f"request 3 failed after 2 retries: HTTP 500 from {fake.base_url}"
+        assert f"error: {failure}\n" in err
+        assert f"Completed records are kept in {Path('out/r1')}; run the same command again to resume." in err
+        assert "Traceback" not in err
+        run_dir = cwd / "out" / "r1"
+        meta = json.loads((run_dir / "run.json").read_text())
+        assert (meta["status"], meta["error"]) == ("failed", f"LLMUnavailableError: {failure}")
+        assert meta["progress"]["next_request_index"] == 3 and meta["counts"]["accepted"] == 6
+        kept = (run_dir / "accepted.jsonl").read_bytes()
+        assert [(r["request_index"], r["candidate_index"]) for r in map(json.loads, kept.splitlines())] == [
+            (i, k) for i in range(3) for k in range(2)
+        ]
+        assert [fake.attempts[i] for i in range(4)] == [1, 1, 1, 3]
+        first_session = len(fake.received)
+
+        failing["on"] = False
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        assert out.splitlines()[0] == f"10 records (target reached) in {Path('out/r1')}"
+        # It resumed where it stopped: nothing before request 3 was asked for again (one request past 4 may have
+        # been sent ahead and cancelled when the target was reached).
+        resumed = fake.indices(first_session)
+        assert min(resumed) == 3 and {3, 4} <= set(resumed) <= {3, 4, 5}, resumed
+        final = (run_dir / "accepted.jsonl").read_bytes()
+        assert final.startswith(kept) and len(final.splitlines()) == 10
+        meta = json.loads((run_dir / "run.json").read_text())
+        assert (meta["status"], meta["error"], meta["sessions"]) == ("completed", None, 2)
+        assert meta["progress"]["next_request_index"] == 5 and meta["counts"]["requests"] == 5
+        # The first session's faults survive the resume: request 3's three attempts, two of them retries.
+        assert meta["faults"] == {"http_500": 3} and meta["usage"]["retries"] == 2
+
+        # The same records as a run that never failed.
+        reference = argv[:argv.index("--run-name") + 1] + ["ref"] + argv[argv.index("--run-name") + 2:]
+        assert run(capsys, *reference)[0] == 0
+        assert (cwd / "out" / "ref" / "accepted.jsonl").read_bytes() == final
+
+        # The key was sent as the bearer token and written nowhere.
+        assert {r.authorization for r in fake.received} == {f"Bearer {SECRET}"}
+    for path in (p for p in (cwd / "out").rglob("*") if p.is_file()):
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_changed_determinism_fields_are_refused_with_the_exact_message(cwd, capsys):
+    """Resuming with a setting that shapes what a request produces is refused (exit 2) before any request, naming
+    every changed field; settings that do not (concurrency, target, max_requests) resume."""
+    from tests.test_run_paths import ScriptedOpenAI, fresh_tasks, structured
+
+    (cwd / "seeds.jsonl").write_text("\n".join(GOOD_LINES) + "\n")
+    (cwd / "cfg.yaml").write_text("llm: {max_concurrency: 2}\ntasks_per_request: 2\nexport: {hf_dataset: false, charts: false}\n")
+    run_dir = cwd / "out" / "r1"
+    with ScriptedOpenAI(lambda index, attempt: structured(fresh_tasks(index))) as fake:
+        argv = ["generate", "--config", "cfg.yaml", "--seeds", "seeds.jsonl", "--output-dir", "out", "--run-name", "r1",
+                "--target", "4", "--base-url", fake.base_url]
+        assert run(capsys, *argv)[0] == 0
+        sent = len(fake.received)
+        files = {name: (run_dir / name).read_bytes() for name in ("run.json", "accepted.jsonl", "rejected.jsonl")}
+
+        def refused(*extra: str) -> str:
+            code, out, err = run(capsys, *argv, *extra)
+            assert code == 2 and out == ""
+            assert len(fake.received) == sent  # nothing was sent
+            assert {name: (run_dir / name).read_bytes() for name in files} == files  # nothing was written
+            return err.splitlines()[-1]
+
+        def message(changed: str) -> str:
+            return (f"{Path('out/r1')} was made with a different config ({changed} changed); resuming would mix two "
+                    "datasets. Use a new run_name, or restore those settings.")
+
+        assert refused("--seed", "7") == message("seed")
+        assert refused("--no-dedup.enabled", "--llm.temperature", "0.5", "--seed", "7") == message(
+            "dedup.enabled, llm.temperature, seed"
+        )
+        assert refused("--response-mode", "text", "--dedup.context-runs", "other") == message(
+            "dedup.context_runs, response_mode"
+        )
+        # Another seed file changes the prompts.
+        (cwd / "seeds.jsonl").write_text("\n".join(GOOD_LINES + [jl(task("t9"))]) + "\n")
+        assert refused() == message("prompts_and_seeds")
+        (cwd / "seeds.jsonl").write_text("\n".join(GOOD_LINES) + "\n")
+
+        # Concurrency and target shape no request: the run resumes at request 2 and completes.
+        code, out, err = run(capsys, *argv, "--target", "8", "--concurrency", "1")
+        assert code == 0, err
+        assert out.splitlines()[0] == f"8 records (target reached) in {Path('out/r1')}"
+        assert min(fake.indices(sent)) == 2 and {2, 3} <= set(fake.indices(sent)) <= {2, 3, 4}
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["status"], meta["sessions"], meta["progress"]["next_request_index"]) == ("completed", 2, 4)
 
 
 # ---- real subprocess runs of the installed command ----------------------------------------------------------------

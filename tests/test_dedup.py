@@ -91,9 +91,11 @@ def _mutate(draw: st.DrawFn, tokens: list[str], words: list[str]) -> list[str]:
     return tokens
 
 
-def assert_matches_reference(dedup: RougeDedup, seeds: list[str], texts: list[str], threshold: float) -> None:
+def assert_matches_reference(dedup: RougeDedup, seeds: list[str], texts: list[str], threshold: float,
+                             reference_filter=alpaca_reference) -> list[tuple[Decision, list[float]]]:
+    """``dedup`` (seeded with ``seeds``) decides ``texts`` as ``reference_filter`` does; returns (decision, scores)."""
     decisions = dedup.add_many(texts)
-    reference = alpaca_reference(texts, threshold, seeds)
+    reference = reference_filter(texts, threshold, seeds)
     assert [d.kept for d in decisions] == [keep for keep, _ in reference]
     for decision, (keep, scores) in zip(decisions, reference):
         if keep:
@@ -102,6 +104,7 @@ def assert_matches_reference(dedup: RougeDedup, seeds: list[str], texts: list[st
         else:
             assert decision.score == scores[decision.similar_to] > threshold
     assert len(dedup) == len(seeds) + sum(d.kept for d in decisions)
+    return [(decision, scores) for decision, (_, scores) in zip(decisions, reference)]
 
 
 # -- exactness ------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -82,7 +83,7 @@ def test_run_spreads_requests_over_both_endpoints(vllm_server, second_server, ti
 
 
 def test_killing_one_endpoint_mid_run_completes_the_target_on_the_other(vllm_server, second_server, tiny_llama,
-                                                                         tmp_path, clients):
+                                                                         tmp_path, clients, caplog):
     """Runs last in this module: it SIGKILLs the second server."""
     a, b = vllm_server.base_url, second_server.base_url
     threshold, cooldown = 2, 4.0
@@ -103,8 +104,10 @@ def test_killing_one_endpoint_mid_run_completes_the_target_on_the_other(vllm_ser
         os.killpg(os.getpgid(second_server.process.pid), signal.SIGKILL)
         second_server.process.wait(timeout=60)  # SIGKILL is asynchronous: dead before the run goes on
 
-    summary = generate(config, on_progress=kill_b_after_four_requests, export=False)
+    with caplog.at_level(logging.DEBUG, logger="pipeline.llm"):
+        summary = generate(config, on_progress=kill_b_after_four_requests, export=False)
     ended = time.monotonic()
+    picks = [r.endpoint_pick for r in caplog.records if hasattr(r, "endpoint_pick")]
 
     assert killed and not second_server.is_alive()
     assert vllm_server.is_alive()
@@ -129,5 +132,11 @@ def test_killing_one_endpoint_mid_run_completes_the_target_on_the_other(vllm_ser
     probes_allowed = threshold + killed["b_outstanding"] + llm.max_concurrency * ((ended - killed["at"]) / cooldown + 1)
     assert b_after <= probes_allowed, (b_after, probes_allowed)
     assert clients[-1].endpoints[1].consecutive_failures >= threshold
+    # Every attempt's endpoint was logged with the state it was chosen in: the dead endpoint got no attempt while it
+    # was cooling down and the other one was healthy, only probes when both were cooling down.
+    assert len(picks) == sum(e["requests"] for e in endpoints.values())
+    assert sum(p["url"] == b for p in picks) == endpoints[b]["requests"]
+    assert [p for p in picks if p["url"] == b and b in p["cooling_down"] and p["healthy"]] == []
+    assert any(b in p["cooling_down"] for p in picks), "the dead endpoint never left the rotation"
     # The survivor answered every request that was not answered before the kill.
     assert endpoints[a]["requests"] - killed["a_requests"] >= summary.requests - killed["a_requests"] - killed["b_requests"] > 0

@@ -221,7 +221,8 @@ def test_hang_ends_by_client_timeout(upstream_url: str) -> None:
         t0 = time.monotonic()
         with pytest.raises(openai.APITimeoutError):
             _one_chat(proxy, timeout=0.5)
-        assert time.monotonic() - t0 < 3.0
+        # The failure this guards against waits out the 30 s hang; half of it leaves a loaded machine room.
+        assert time.monotonic() - t0 < 15.0
         assert proxy.counts[HANG] == 1
 
 
@@ -379,7 +380,7 @@ def test_stop_is_fast_with_hung_request(upstream_url: str) -> None:
 
     t0 = time.monotonic()
     proxy.stop()
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 15.0  # not held by the 30 s hang
     assert proxy._thread is not None and not proxy._thread.is_alive()
 
     # The hung client is released promptly with a connection error, not a 30 s timeout.

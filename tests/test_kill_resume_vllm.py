@@ -1,4 +1,4 @@
-"""SIGKILL `selfinstruct generate` at five points; each resumed run ends identical to an uninterrupted one.
+"""SIGKILL `selfinstruct generate` at seven points (and three at the default commit interval); each resumed run ends identical to an uninterrupted one.
 
 The real vLLM CPU server with fixed per-request seeds is deterministic here (checked by the reference run
 being reproduced at all), so no replay layer is needed.
@@ -18,7 +18,13 @@ from tests.conftest import PROJECT_ROOT, tiny_llm_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-CRASH_POINTS = [("request", 5), ("write", 3), ("dedup", 20), ("export", 1), ("none", 1)]
+# (point, count, commit interval): 0.05 s commits put most records on disk uncommitted when the kill comes; the
+# default interval (0.5 s) is what users run.
+CRASH_POINTS = [
+    ("request", 5, "fast"), ("write", 3, "fast"), ("dedup", 20, "fast"), ("commit", 3, "fast"), ("export", 1, "fast"),
+    ("finished", 1, "fast"), ("none", 1, "fast"),
+    ("request", 9, "default"), ("write", 5, "default"), ("commit", 2, "default"),
+]
 
 
 def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
@@ -32,28 +38,41 @@ def kill_config(vllm_server, tiny_llama, tmp_path_factory):
     config = {
         "output_dir": str(root / "outputs"), "target": 24, "tasks_per_request": 4, "commit_interval_s": 0.05,
         "llm": tiny_llm_config([vllm_server.base_url], str(tiny_llama)).model_dump(mode="json") | {"api_key": "EMPTY"},
-        "dedup": {"top_k_similar": 2},
+        # The default dedup path (prefix filter, top_k_similar 0): the "dedup" kill point lands inside it.
     }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    reference = _run(["none", "1", "generate", "--config", str(path), "--run-name", "reference"], root)
+    paths = {"fast": root / "config.yaml", "default": root / "config-default-interval.yaml"}
+    paths["fast"].write_text(yaml.safe_dump(config))
+    paths["default"].write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "commit_interval_s"}))
+    # The records do not depend on when commits happen, so one reference serves both intervals.
+    reference = _run(["none", "1", "generate", "--config", str(paths["fast"]), "--run-name", "reference"], root)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    return root, path
+    return root, paths
 
 
-@pytest.mark.parametrize("point,count", CRASH_POINTS, ids=[p for p, _ in CRASH_POINTS])
-def test_sigkill_then_resume_equals_uninterrupted(kill_config, point, count):
-    root, config_path = kill_config
-    name = f"killed-{point}"
+@pytest.mark.parametrize("point,count,interval", CRASH_POINTS, ids=[f"{p}-{n}-{i}" for p, n, i in CRASH_POINTS])
+def test_sigkill_then_resume_equals_uninterrupted(kill_config, point, count, interval):
+    root, config_paths = kill_config
+    config_path = config_paths[interval]
+    name = f"killed-{point}-{count}-{interval}"
     crashed = _run([point, str(count), "generate", "--config", str(config_path), "--run-name", name], root)
     if point == "none":
         assert crashed.returncode == 0, crashed.stderr[-3000:]
     else:
         assert crashed.returncode == -signal.SIGKILL, f"expected SIGKILL at {point}: rc={crashed.returncode}\n{crashed.stderr[-2000:]}"
+    run_dir = root / "outputs" / name
+    before_resume = json.loads((run_dir / "run.json").read_text())
+    if point == "commit":
+        assert list(run_dir.glob(".run.json.*")), "the kill should leave the uncommitted run.json under its temporary name"
     resumed = _run(["none", "1", "generate", "--config", str(config_path), "--run-name", name], root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = json.loads((run_dir / "run.json").read_text())
+    if point == "finished":
+        # Nothing is redone after a kill that came when the run was complete.
+        assert before_resume["status"] == "completed"
+        assert after["usage"] == before_resume["usage"] and "already complete" in resumed.stdout
+    assert not list(run_dir.glob(".run.json.*")), "a temporary run.json left by a kill is cleaned up on resume"
 
-    run_dir, reference = root / "outputs" / name, root / "outputs" / "reference"
+    reference = root / "outputs" / "reference"
     for name_ in ("accepted.jsonl", "rejected.jsonl", "alpaca_data.json"):
         assert (run_dir / name_).read_bytes() == (reference / name_).read_bytes(), f"{name_} differs after a kill at {point}"
     lines = (run_dir / "accepted.jsonl").read_text().splitlines()

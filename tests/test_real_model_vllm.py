@@ -92,3 +92,26 @@ def test_same_config_twice_and_a_killed_then_resumed_run_are_byte_identical(firs
         assert (killed_dir / name).read_bytes() == (config.run_dir / name).read_bytes(), f"{name} differs after kill+resume"
     meta = json.loads((killed_dir / "run.json").read_text())
     assert meta["sessions"] == 2 and meta["status"] == "completed"
+
+
+def test_default_dedup_path_makes_alpacas_decisions_on_a_real_run(first_run):
+    """The run used the default dedup (prefix filter, ``top_k_similar=0``), the path users get: replaying every
+    candidate that reached dedup through Alpaca's rouge-score filter gives the same keep/reject decisions."""
+    from pipeline.seeds import load_seeds
+    from tests.test_dedup import alpaca_reference
+
+    config, _ = first_run
+    assert config.dedup.top_k_similar == 0 and config.resolved_dedup_tokenizer == "rouge"
+    run_dir = config.run_dir
+    accepted = [json.loads(line) for line in (run_dir / "accepted.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (run_dir / "rejected.jsonl").read_text().splitlines()]
+    similar = [r for r in rejected if r["reason"] == "rouge_similar"]
+    assert similar, "no candidate was a near-duplicate: the replay would not test a rejection"
+    reached_dedup = sorted([(r["request_index"], r["candidate_index"], True, r) for r in accepted]
+                           + [(r["request_index"], r["candidate_index"], False, r) for r in similar])
+    seeds = [task.instruction for task in load_seeds(config.resolved_seeds_path)]
+    reference = alpaca_reference([r["instruction"] for *_, r in reached_dedup], config.dedup.threshold, seeds)
+    assert [kept for _, _, kept, _ in reached_dedup] == [keep for keep, _ in reference]
+    for (_, _, kept, record), (_, scores) in zip(reached_dedup, reference):
+        if not kept:  # the recorded score is the exact ROUGE-L against a kept item above the threshold
+            assert record["score"] > config.dedup.threshold and record["score"] in scores

@@ -27,6 +27,13 @@ EXPECTED_DEPLOYMENTS = {"self-instruct/default", "self-instruct/koalpaca", "self
                         "train-alpaca/default", "train-alpaca/koalpaca"}
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         parent = psutil.Process(pid)
@@ -52,8 +59,9 @@ def stack(tmp_path_factory):
     started = [p for pid in pids for p in _tree(pid)] + state["processes"]
     down = subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
-    time.sleep(1)
-    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 30  # `down` signals and returns; give the processes time to exit, no more
+    while (left := [p for p in started if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not left, f"left running after `down`: {[(p.pid, p.cmdline()[:4]) for p in left]}"
 
 

@@ -242,3 +242,20 @@ def test_write_json_atomic_failure_keeps_old_file(tmp_path):
 def test_commit_leaves_no_temp_files(tmp_path):
     committed_store(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ACCEPTED, REJECTED, RUN_JSON, LOCK])
+
+
+def test_open_removes_a_run_json_left_under_its_temporary_name(tmp_path):
+    meta = committed_store(tmp_path)
+    leftover = tmp_path / ".run.json.k1ll3d"  # what a kill between writing and renaming leaves
+    leftover.write_text('{"progress": {"next_request_index": 99}}')
+    with RunStore(tmp_path) as store:
+        assert store.meta == meta
+    assert not leftover.exists()
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """mkstemp creates 0600 files; a dataset written through it must be as readable as any file the user writes."""
+    path = tmp_path / "alpaca_data.json"
+    write_json_atomic(path, [])
+    (tmp_path / "plain").write_text("x")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777

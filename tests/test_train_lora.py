@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -169,11 +170,15 @@ def test_packed_batch_gives_same_loss_as_separate_examples(trained):
         offset += n
 
 
-def test_resume_continues_from_last_checkpoint_with_optimizer_state(trained):
+def test_resume_continues_from_last_checkpoint_with_optimizer_state(trained, tmp_path):
     _, config, result = trained
-    checkpoint = result.output_dir / "checkpoint-40"
+    # Resume in a copy: the module's other tests read the trained output directory, whatever order they run in.
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(result.output_dir, output_dir)
+    checkpoint = output_dir / "checkpoint-40"
     assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "scheduler.pt").is_file()
-    resumed = train(config.model_copy(update={"max_steps": 45, "merge": False, "num_sample_prompts": 0}))
+    resumed = train(config.model_copy(update={"output_dir": str(output_dir), "max_steps": 45, "merge": False,
+                                              "num_sample_prompts": 0}))
     assert resumed.metrics["resumed_from"] == str(checkpoint)
     assert resumed.metrics["global_step"] == 45
     steps = [json.loads(line)["step"] for line in resumed.loss_file.read_text().splitlines()]

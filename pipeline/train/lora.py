@@ -93,10 +93,14 @@ def train(config: TrainConfig) -> TrainResult:
         torch.cuda.reset_peak_memory_stats()
     # Held-out loss of the untrained model (LoRA B is zero, so this is the base model's loss) on the same
     # examples as eval_loss after training; a resumed run has trained already, so it has no "before".
-    eval_loss_before = trainer.evaluate()["eval_loss"] if eval_examples and not resume_from else None
+    # Evaluated inside train(), after the model is wrapped for DDP (a Trainer.evaluate() before train() leaves it
+    # marked as prepared, so train() would skip the DDP wrap and each rank would train on its own).
+    trainer.args.eval_on_start = bool(eval_examples) and not resume_from
     if resume_from:
         log.info("resuming from %s", resume_from)
     train_output = trainer.train(resume_from_checkpoint=resume_from)
+    eval_loss_before = next((entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry),
+                            None) if trainer.args.eval_on_start else None
     real_tokens = sum_over_processes(trainer, trainer.real_tokens_seen)
     eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
 
