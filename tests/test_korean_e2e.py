@@ -21,7 +21,6 @@ from a small Korean word/particle alphabet, so that near-duplicates are common.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jsonschema
@@ -40,7 +39,7 @@ from pipeline.prompts import response_schema
 from pipeline.rouge import rouge_l_fmeasure
 from pipeline.text import HANGUL_RE, get_kiwi, tokenize_korean, tokenize_rouge
 from tests.test_dedup import assert_matches_reference
-from tests.test_stream_order import FakeOpenAI
+from tests.test_stream_order import FakeOpenAI, completion_body
 
 TASKS = 4
 
@@ -132,11 +131,7 @@ class KoreanFakeOpenAI(FakeOpenAI):
         with self.lock:
             self.requests[index] = body
             self.contents[index] = content
-        payload = {
-            "id": f"cmpl-{index}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-        }
+        payload = completion_body(index, body["model"], content)
         data = json.dumps(payload, ensure_ascii=index % 2 == 1).encode("utf-8")
         try:
             handler.send_response(200)

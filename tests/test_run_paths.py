@@ -33,7 +33,7 @@ from pipeline.config import DedupConfig, ExportConfig, GenerationConfig, LLMConf
 from pipeline.lifecycle import generate
 from pipeline.prompts import derive_seed
 from pipeline.store import RunDirectoryError
-from tests.test_stream_order import WORDS, FakeOpenAI
+from tests.test_stream_order import WORDS, FakeOpenAI, completion_body
 
 TASKS = 2  # tasks per request in every run here
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,11 +82,7 @@ class ScriptedOpenAI(FakeOpenAI):
             if status != 200:
                 handler._reply(status, {"error": {"message": text, "type": "fake_error"}})
                 return
-            handler._reply(200, {
-                "id": f"cmpl-{index}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-            })
+            handler._reply(200, completion_body(index, body["model"], text))
             with self.lock:
                 self.events.append((time.monotonic(), "sent", index, attempt))
         except OSError:  # the client went away

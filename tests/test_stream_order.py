@@ -38,6 +38,15 @@ WORDS = (
 ).split()
 
 
+def completion_body(index: int, model: str, content: str) -> dict:
+    """An OpenAI chat-completion response carrying ``content``, as the fake servers of the tests answer."""
+    return {
+        "id": f"cmpl-{index}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+    }
+
+
 class FakeOpenAI:
     """A threaded HTTP server answering /v1/chat/completions with valid structured output."""
 
@@ -102,11 +111,7 @@ class FakeOpenAI:
                 for _ in range(TASKS)
             ]
             content = json.dumps({"tasks": tasks})
-            handler._reply(200, {
-                "id": f"cmpl-{index}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-            })
+            handler._reply(200, completion_body(index, body["model"], content))
             with self.lock:
                 self.events.append((time.monotonic(), "sent", index, attempt))
         except OSError:  # the client went away
