@@ -235,7 +235,7 @@ class GenerationRun:
         concurrency = cfg.llm.max_concurrency
         max_ahead = cfg.llm.max_ahead or 4 * concurrency
         pending: dict[asyncio.Task, int] = {}
-        arrived: dict[int, Outcome] = {}
+        arrived: dict[int, Outcome | LLMUnavailableError] = {}
         send = consume = self.next_index
         self._start_totals()
         self._last_commit = time.monotonic()
@@ -257,10 +257,19 @@ class GenerationRun:
                 if consume not in arrived:
                     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
-                        arrived[pending.pop(task)] = task.result()  # LLMUnavailableError propagates: run fails
+                        index = pending.pop(task)
+                        failure = task.exception()
+                        if failure is not None and not isinstance(failure, LLMUnavailableError):
+                            raise failure
+                        # A request that failed for good fails the run once every earlier index is consumed, so
+                        # that what already arrived before it is kept, not lost with the run.
+                        arrived[index] = failure if failure is not None else task.result()
                 while consume in arrived and not self.target_reached:
+                    outcome = arrived.pop(consume)
+                    if isinstance(outcome, LLMUnavailableError):
+                        raise outcome
                     started = time.perf_counter()
-                    self._consume(arrived.pop(consume))
+                    self._consume(outcome)
                     self.loop.consume_s += time.perf_counter() - started
                     self.loop.consumes += 1
                     consume += 1

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -328,15 +329,23 @@ def test_unreachable_endpoint_fails_resumably_without_leaking_secret(cwd, capsys
 def test_run_failing_part_way_resumes_with_the_same_command(cwd, capsys):
     """A live server that fails request 3 (HTTP 500 on every attempt): the run fails with exit 1 after requests
     0-2 are kept. The same command, once the server answers again, resumes at request 3, keeps the earlier
-    records byte for byte, completes, and ends with the same records as an uninterrupted run."""
+    records byte for byte, completes, and ends with the same records as an uninterrupted run.
+
+    Request 2 answers late, after request 3 has failed for good: the run still keeps it, because a failed request
+    fails the run only when every earlier index has been consumed."""
     from tests.test_run_paths import ScriptedOpenAI, fresh_tasks, structured
 
     failing = {"on": True}
+    request_3_failed = threading.Event()
 
     def answer(index: int, attempt: int) -> tuple[int, str]:
         if failing["on"] and index == 3:
-            time.sleep(0.2)  # requests 0-2 are surely consumed before request 3 gives up
+            if attempt == 3:
+                request_3_failed.set()
             return 500, "engine died"
+        if failing["on"] and index == 2:
+            request_3_failed.wait(30)
+            time.sleep(0.2)  # the client has had request 3's last answer for a while
         return structured(fresh_tasks(index))
 
     (cwd / "cfg.yaml").write_text(

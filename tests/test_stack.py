@@ -46,11 +46,16 @@ def _tree(pid: int) -> list[psutil.Process]:
 def stack(tmp_path_factory):
     _require_vllm()
     root = tmp_path_factory.mktemp("stack")
-    port = free_port()
-    env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(root / "prefect-home"),
-           "SELFINSTRUCT_RUN_DIR": str(root / "run"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    up = subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "up"], env=env, capture_output=True, text=True,
-                        timeout=400, cwd=PROJECT_ROOT)
+    for attempt in range(3):  # a free port can be taken by another process before the server binds it
+        port = free_port()
+        env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(root / "prefect-home"),
+               "SELFINSTRUCT_RUN_DIR": str(root / "run"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        up = subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "up"], env=env, capture_output=True, text=True,
+                            timeout=400, cwd=PROJECT_ROOT)
+        server_log = root / "run" / "server.log"
+        if up.returncode == 0 or "address already in use" not in (server_log.read_text() if server_log.exists() else ""):
+            break
+        subprocess.run([str(PROJECT_ROOT / "flows" / "stack.sh"), "down"], env=env, capture_output=True, timeout=120)
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"http://127.0.0.1:{port}" in up.stderr
     pids = [int((root / "run" / f"{name}.pid").read_text()) for name in ("server", "worker")]
@@ -135,6 +140,42 @@ def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, smoll
     artifacts = {a.key for a in asyncio.run(_read_artifacts(stack["env"]["PREFECT_API_URL"], "stackdemo-%"))}
     for suffix in ("summary", "samples", "rejected", "rejection-reasons", "lengths", "leading-verbs", "dataset", "progress"):
         assert f"stackdemo-{suffix}" in artifacts
+
+
+def test_koalpaca_deployment_runs_korean_against_an_external_server(stack):
+    """`self-instruct/koalpaca` as deployed (Korean prompt, Kiwi dedup), pointed at the Korean fake server.
+
+    The fake answers each request index with test_korean_e2e's script, so the accepted set is known exactly.
+    """
+    from pipeline.config import GenerationConfig
+    from pipeline.generate import GenerationRun
+    from tests.test_korean_e2e import EXPECTED_ACCEPTED, SCRIPT, TASKS, KoreanFakeOpenAI
+
+    spec = yaml.safe_load((PROJECT_ROOT / "flows" / "prefect.yaml").read_text())
+    deployed = next(d for d in spec["deployments"] if d["name"] == "koalpaca" and d["entrypoint"].startswith("flows/self_instruct"))
+    config = json.loads(json.dumps(deployed["parameters"]["config"]))
+    assert config["language"] == "ko"
+    config.update(run_name="stackko", output_dir=str(stack["root"] / "outputs"), target=len(EXPECTED_ACCEPTED),
+                  tasks_per_request=TASKS, max_requests=len(SCRIPT))
+    config["llm"].update(model="fake-ko", max_concurrency=4, request_timeout_s=30, max_retries=2)
+    builder = GenerationRun(GenerationConfig(**{**config, "llm": {**config["llm"], "base_urls": ["http://unused/v1"]}})).builder
+    seed_to_index = {builder.render(i).sampling_seed: i for i in range(len(SCRIPT))}
+    with KoreanFakeOpenAI(seed_to_index, SCRIPT) as fake:
+        config["llm"]["base_urls"] = [fake.base_url]
+        run = prefect(stack, "deployment", "run", "self-instruct/koalpaca", "--param", f"config={json.dumps(config)}", "--watch",
+                      timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Completed" in run.stdout
+    assert sorted(fake.requests) == list(range(len(SCRIPT)))
+    assert all("한국어 지시문 데이터셋" in body["messages"][0]["content"] for body in fake.requests.values())
+    run_dir = stack["root"] / "outputs" / "stackko"
+    dataset = json.loads((run_dir / "alpaca_data.json").read_text(encoding="utf-8"))
+    assert [r["instruction"] for r in dataset] == EXPECTED_ACCEPTED
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "completed" and meta["config"]["language"] == "ko"
+    assert meta["counts"]["rejected"]["rouge_similar"] == 5
+    artifacts = {a.key for a in asyncio.run(_read_artifacts(stack["env"]["PREFECT_API_URL"], "stackko-%"))}
+    assert {"stackko-summary", "stackko-rejected", "stackko-leading-verbs"} <= artifacts
 
 
 def test_cancelling_a_run_stops_its_vllm_server(stack, smollm2):
