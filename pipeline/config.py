@@ -171,6 +171,100 @@ class DedupConfig(_Model):
     )
 
 
+class FormatChecksConfig(_Model):
+    """Checks for what a model leaks or loops on, each a named reason in rejected.jsonl (English and Korean)."""
+
+    enabled: bool = Field(
+        False,
+        description="Run the checks below. Off by default so that an existing config keeps its accepted set; the "
+        "shipped deployments turn them on.",
+    )
+    leaked_labels: bool = Field(
+        True, description="Drop records with the prompt's numbering or field labels in a field ('3. Instruction:', 'Input:', "
+        "'Output:', '### ', and the Korean prompt's labels).",
+    )
+    label_prefix: bool = Field(True, description="Drop instructions that start with a label such as 'Question:' or 'Task:'.")
+    echoed_output: bool = Field(
+        True, description="Drop outputs that repeat the instruction, or contain the input verbatim without adding to it.",
+    )
+    max_repeated_ngram_share: float = Field(
+        0.3, gt=0, le=1,
+        description="Drop outputs whose word n-grams (n = repetition_ngram) repeat more than this share: a "
+        "generation stuck in a loop. 1 turns the check off.",
+    )
+    repetition_ngram: int = Field(3, ge=1, le=10, description="n of the repeated n-gram share.")
+    placeholder_input: bool = Field(True, description="Drop inputs that are placeholders ('[text]', '<input>', '...').")
+
+
+class EvalSetConfig(_Model):
+    """One evaluation set to decontaminate against."""
+
+    name: str = Field(..., min_length=1, description="Benchmark name, stored with every match (e.g. 'self-instruct-user-oriented').")
+    path: str = Field(
+        ..., description="A JSON (array of objects), JSONL or parquet file, or a Hugging Face dataset directory "
+        "(save_to_disk). Relative paths are from the working directory.",
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["instruction"],
+        description="Fields whose text is matched, joined with a space. Dotted paths reach into lists' first items "
+        "(e.g. 'instances.input').",
+    )
+    id_field: str | None = Field(None, description="Field holding the item id; empty uses the item's position.")
+    split: str | None = Field(None, description="For a dataset directory holding a DatasetDict: the split to read.")
+
+
+class DecontaminationConfig(_Model):
+    """Drop candidates that share a long n-gram with an evaluation set (GPT-3 / NeMo Curator convention)."""
+
+    eval_sets: list[EvalSetConfig] = Field(
+        default_factory=list, description="Evaluation sets to check against. None by default: name your benchmarks here.",
+    )
+    ngram: int = Field(
+        13, ge=3, le=50,
+        description="English: word n-grams of this length (13, as GPT-3 and NeMo Curator). An eval item with fewer "
+        "words (but at least 8) must appear whole in a candidate.",
+    )
+    ngram_ko: int = Field(13, ge=3, le=50, description="Korean: Kiwi morpheme n-grams of this length.")
+    min_tokens: int = Field(
+        8, ge=1, le=50,
+        description="Evaluation items shorter than this (in tokens) are not matched at all: 'Write a poem.' would "
+        "otherwise drop every candidate containing it (GPT-3 and NeMo Curator use 8). Items between this and n "
+        "tokens match when they appear whole.",
+    )
+    fields: list[Literal["instruction", "input", "output"]] = Field(
+        default_factory=lambda: ["instruction", "input"],
+        description="Candidate fields checked, joined with a space.",
+    )
+
+
+class JudgeConfig(_Model):
+    """An LLM judge (AlpaGasus-style): rates instruction + input + output from 1 to 5, with a short rationale."""
+
+    enabled: bool = Field(
+        False,
+        description="Rate every candidate that reaches the judge. The score and rationale are stored on each accepted "
+        "record and the score in the dataset. Judging runs while generation goes on, on candidates as they arrive.",
+    )
+    threshold: float | None = Field(
+        None, ge=1, le=5,
+        description="Reject records scored below this as 'low_score', with the rationale (AlpaGasus kept >= 4.5 of 5). "
+        "Empty: score only, reject nothing.",
+    )
+    llm: LLMConfig | None = Field(
+        None,
+        description="A separate judge model or endpoint. Empty: the generation server and model judge. With empty "
+        "base_urls here, the generation endpoints are used with this section's model and settings.",
+    )
+    prompt_template: str | None = Field(
+        None, description="Judge prompt: a name in prompts/ or a path. Empty: judge_en.jinja or judge_ko.jinja.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature; 0 rates deterministically.")
+    max_tokens: int = Field(256, ge=16, description="Token limit of one judgment (rationale and score).")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=4096, description="Judge requests in flight at once. Empty: the generation's llm.max_concurrency.",
+    )
+
+
 class ExportConfig(_Model):
     """What is written when the run reaches its target."""
 
@@ -216,8 +310,18 @@ class GenerationConfig(_Model):
     )
     llm: LLMConfig = Field(default_factory=LLMConfig, description="Endpoints, sampling and retries.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Managed vLLM server, used when llm.base_urls is empty.")
+    curation: list[Literal["filters", "format_checks", "decontamination", "dedup", "judge"]] = Field(
+        default_factory=lambda: ["filters", "format_checks", "decontamination", "dedup", "judge"],
+        description="The curation stages, in the order they run; each is configured in its own section (a stage left "
+        "out does not run). The first stage to drop a candidate decides its reason.",
+    )
     filters: FilterConfig = Field(default_factory=FilterConfig, description="Quality filters.")
+    format_checks: FormatChecksConfig = Field(default_factory=FormatChecksConfig, description="Leaked labels, echoes, loops, placeholders.")
+    decontamination: DecontaminationConfig = Field(
+        default_factory=DecontaminationConfig, description="Drop candidates that overlap evaluation sets."
+    )
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="ROUGE-L near-duplicate filter.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM judge: scores, and optionally a threshold.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Dataset export.")
     train_deployment: str | None = Field(
         None,
@@ -230,6 +334,14 @@ class GenerationConfig(_Model):
     def _no_traversal(cls, value: str) -> str:
         if ".." in value or "/" in value or "\\" in value:
             raise ValueError("must be a plain directory name: no path separators and no '..'")
+        return value
+
+    @field_validator("curation")
+    @classmethod
+    def _stages_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({stage for stage in value if value.count(stage) > 1})
+        if repeated:
+            raise ValueError(f"each stage may appear once; repeated: {', '.join(repeated)}")
         return value
 
     @model_validator(mode="after")

@@ -34,7 +34,9 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
+from pipeline.curation import Step
 from pipeline.files import read_json_values, write_jsonl_atomic
+from pipeline.records import Drop, Record
 from pipeline.rouge import ALPACA_THRESHOLD, LengthPlan, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array
 from pipeline.text import get_tokenizer, is_mostly_hangul
 
@@ -99,6 +101,7 @@ class RougeDedup:
         self._codes: list[str] = []  # token ids as code points, per indexed item
         self._lengths: list[int] = []
         self._plans: dict[int, LengthPlan] = {}
+        self._checked: tuple[str, str, list[int]] | None = None  # the last text check() encoded
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -123,6 +126,28 @@ class RougeDedup:
             return Decision(kept=False, score=score, similar_to=similar_to)
         self._index(text, code, ids)
         return Decision(kept=True, score=score)
+
+    def check(self, text: str) -> Decision:
+        """What :meth:`add` would decide for ``text``, without indexing it (see :meth:`add_kept`).
+
+        A curation chain asks first and indexes only what every later step kept as well.
+        """
+        code, ids = self._encode(text)
+        self._checked = (text, code, ids)
+        if self.top_k:
+            lcs = _lcs_matrix([code], self._codes)[0] if self._codes else np.zeros(0, dtype=np.int32)
+            return self._decide(rouge_l_fmeasure_array(lcs, len(ids), np.asarray(self._lengths, dtype=np.int64)))
+        similar_to, score = self._find_match(code, ids)
+        return Decision(kept=similar_to is None, score=score, similar_to=similar_to)
+
+    def add_kept(self, text: str) -> None:
+        """Index ``text`` unconditionally, typically one that :meth:`check` kept (its encoding is reused)."""
+        checked = self._checked
+        if checked is not None and checked[0] == text:
+            self._index(*checked)
+        else:
+            self._index(text, *self._encode(text))
+        self._checked = None
 
     def add_many(self, texts: Iterable[str]) -> list[Decision]:
         """:meth:`add` each text in order (later texts are compared with the earlier kept ones)."""
@@ -309,6 +334,34 @@ def _top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
     return [(int(i), float(scores[i])) for i in order]
 
+
+
+class RougeStep(Step):
+    """Alpaca's ROUGE-L rule as a curation step: drop an instruction too similar to a seed or an accepted one.
+
+    Only records that every step of the chain kept enter the index (:meth:`accepted`), so a record that a
+    later step drops never makes a later near-copy of it look like a duplicate.
+    """
+
+    name = "rouge"
+    reads = ("instruction",)
+    writes = ("rouge_max", "most_similar")
+
+    def __init__(self, dedup: RougeDedup):
+        self.dedup = dedup
+
+    def check(self, record: Record) -> Drop | None:
+        decision = self.dedup.check(record.instruction)
+        if not decision.kept:
+            return Drop("rouge_similar", f"ROUGE-L {decision.score:.3f}",
+                        {"score": decision.score, "similar_to": self.dedup.texts[decision.similar_to]})
+        record.annotations["rouge_max"] = round(decision.score, 4)
+        if decision.most_similar:
+            record.annotations["most_similar"] = {self.dedup.texts[i]: round(score, 4) for i, score in decision.most_similar}
+        return None
+
+    def accepted(self, record: Record) -> None:
+        self.dedup.add_kept(record.instruction)
 
 
 def load_instructions(path: str | Path) -> list[str]:

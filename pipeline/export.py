@@ -16,7 +16,7 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pipeline import tables
 from pipeline.files import read_jsonl, write_json_atomic
@@ -64,6 +64,30 @@ class ExportResult:
 
 def alpaca_records(run_dir: Path) -> list[dict[str, str]]:
     return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]} for r in read_jsonl(run_dir / ACCEPTED)]
+
+
+#: Fields of a rejected.jsonl line that are the record itself; the rest is the rejecting step's evidence.
+_RECORD_FIELDS = ("request_index", "candidate_index", "instruction", "input", "output", "reason", "detail", "step", "raw", "finish_reason")
+
+
+def rejected_sample(record: Mapping[str, Any]) -> dict[str, str]:
+    """A rejected record as one row of a table: the reason, the step, its detail and evidence, the instruction."""
+    evidence = {k: v for k, v in record.items() if k not in _RECORD_FIELDS}
+    return {
+        "reason": record["reason"],
+        "step": str(record.get("step", "")),
+        "detail": str(record.get("detail", "")),
+        "evidence": json.dumps(evidence, ensure_ascii=False)[:300] if evidence else "",
+        "instruction": record.get("instruction", record.get("raw", ""))[:300],
+    }
+
+
+def dataset_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of the HF dataset and parquet file: Alpaca's three fields, and the judge's score when it rated them."""
+    accepted = list(read_jsonl(run_dir / ACCEPTED))
+    scored = any("judge_score" in r for r in accepted)
+    return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"],
+             **({"judge_score": r.get("judge_score")} if scored else {})} for r in accepted]
 
 
 def _length_summary(values: Sequence[int]) -> dict[str, float]:
@@ -131,10 +155,7 @@ def compute_stats(run_dir: Path, language: str, sample_rows: int = 20, seed: int
         with_input=sum(1 for r in records if r["input"]),
         leading_verbs=leading_verbs([r["instruction"] for r in records], language),
         samples=rng.sample(records, min(sample_rows, len(records))),
-        rejected_samples=[
-            {"reason": r["reason"], "detail": str(r.get("detail", "")), "instruction": r.get("instruction", r.get("raw", ""))[:300]}
-            for r in rng.sample(rejected, min(sample_rows, len(rejected)))
-        ],
+        rejected_samples=[rejected_sample(r) for r in rng.sample(rejected, min(sample_rows, len(rejected)))],
     )
 
 
@@ -192,10 +213,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _write_hf_dataset(run_dir: Path, records: list[dict[str, str]]) -> tuple[Path, Path]:
+def _write_hf_dataset(run_dir: Path, records: list[dict[str, Any]]) -> tuple[Path, Path]:
     from datasets import Dataset, Features, Value
 
-    features = Features({"instruction": Value("string"), "input": Value("string"), "output": Value("string")})
+    columns = {"instruction": Value("string"), "input": Value("string"), "output": Value("string")}
+    if records and "judge_score" in records[0]:
+        columns["judge_score"] = Value("int8")  # None where the judge could not rate a record
+    features = Features(columns)
     columns = {name: [r[name] for r in records] for name in features}
     dataset = Dataset.from_dict(columns, features=features)
     target = run_dir / HF_DIR
@@ -231,6 +255,7 @@ def render_card(run_meta: dict[str, Any], stats: DatasetStats, charts: list[Path
         "",
         "## Counts", "", tables.counts_table(run_meta, stats), "",
         "## Rejected, by reason", "", tables.reasons_table(stats.rejected_by_reason), "",
+        "## Curation steps", "", tables.steps_table(run_meta.get("counts", {}).get("steps", {})), "",
         "## Lengths (words)", "", tables.lengths_table(stats.lengths), "",
         "## Leading verbs", "", tables.verbs_table(stats.leading_verbs), "",
     ]
@@ -249,7 +274,7 @@ def export_run(run_dir: str | Path, hf_dataset: bool = True, charts: bool = True
     write_json_atomic(run_dir / ALPACA_JSON, records)
     hf_path = parquet = None
     if hf_dataset:
-        hf_path, parquet = _write_hf_dataset(run_dir, records)
+        hf_path, parquet = _write_hf_dataset(run_dir, dataset_records(run_dir))
     stats = compute_stats(run_dir, language, sample_rows, seed=meta.get("config", {}).get("seed", 0))
     chart_paths = _draw_charts(run_dir, records, stats) if charts and records else []
     card = run_dir / CARD

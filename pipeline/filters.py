@@ -1,8 +1,8 @@
-"""Quality filters for generated candidates, in the style of datatrove's ``BaseFilter``.
+"""Alpaca's heuristic quality filters, as curation steps (:mod:`pipeline.curation`).
 
-Each filter is a small class with a ``name`` whose :meth:`Filter.check` returns ``True`` to keep a candidate
-or a :class:`Drop` with a reason. Nothing is silently discarded: :class:`FilterChain` counts keeps and
-drops per filter, and the run writes every dropped candidate to ``rejected.jsonl`` with its reason.
+Each filter is a small :class:`~pipeline.curation.Step` whose ``check`` returns ``None`` to keep a record or a
+:class:`~pipeline.records.Drop` with a reason. The chain counts keeps and drops per step, and the run writes every
+dropped record to ``rejected.jsonl`` with its reason.
 """
 
 from __future__ import annotations
@@ -10,31 +10,18 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
-from collections import Counter
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from pipeline.config import GenerationConfig
-from pipeline.parse import Candidate
+from pipeline.curation import Step
+from pipeline.records import Drop, Record
 from pipeline.text import HANGUL_RE
 
 
-@dataclass(frozen=True)
-class Drop:
-    reason: str
-    detail: str = ""
+class Filter(Step):
+    """A heuristic filter: looks at the instruction unless it says otherwise, and at nothing kept before."""
 
-
-class Filter:
-    """Base class: ``check`` returns True to keep, or a :class:`Drop`."""
-
-    name = "filter"
-
-    def check(self, candidate: Candidate) -> bool | Drop:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def accepted(self, candidate: Candidate) -> None:
-        """Called when a candidate passed every step, for filters that remember what was kept."""
+    order_independent = True
 
 
 def word_count(text: str) -> int:
@@ -47,13 +34,13 @@ class WordCountFilter(Filter):
     def __init__(self, min_words: int, max_words: int):
         self.min_words, self.max_words = min_words, max_words
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        n = word_count(candidate.instruction)
+    def check(self, record: Record) -> Drop | None:
+        n = word_count(record.instruction)
         if n < self.min_words:
             return Drop("too_short", f"{n} words < {self.min_words}")
         if n > self.max_words:
             return Drop("too_long", f"{n} words > {self.max_words}")
-        return True
+        return None
 
 
 class BlacklistFilter(Filter):
@@ -77,11 +64,11 @@ class BlacklistFilter(Filter):
                 pattern = re.compile(re.escape(word))
             self.patterns.append((word, pattern))
 
-    def check(self, candidate: Candidate) -> bool | Drop:
+    def check(self, record: Record) -> Drop | None:
         for word, pattern in self.patterns:
-            if pattern.search(candidate.instruction):
+            if pattern.search(record.instruction):
                 return Drop("blacklist", word)
-        return True
+        return None
 
 
 class ProgramOpeningFilter(Filter):
@@ -89,20 +76,20 @@ class ProgramOpeningFilter(Filter):
 
     name = "program_opening"
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        if candidate.instruction.lower().startswith("write a program"):
-            return Drop("program_opening", candidate.instruction[:40])
-        return True
+    def check(self, record: Record) -> Drop | None:
+        if record.instruction.lower().startswith("write a program"):
+            return Drop("program_opening", record.instruction[:40])
+        return None
 
 
 class PunctuationStartFilter(Filter):
     name = "punctuation_start"
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        first = candidate.instruction[:1]
+    def check(self, record: Record) -> Drop | None:
+        first = record.instruction[:1]
         if first and (first in string.punctuation or unicodedata.category(first).startswith("P")):
             return Drop("punctuation_start", first)
-        return True
+        return None
 
 
 class LanguageFilter(Filter):
@@ -113,36 +100,38 @@ class LanguageFilter(Filter):
     def __init__(self, language: str):
         self.language = language
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        text = candidate.instruction
+    def check(self, record: Record) -> Drop | None:
+        text = record.instruction
         if self.language == "ko":
-            return True if HANGUL_RE.search(text) else Drop("not_korean", "no Hangul in the instruction")
+            return None if HANGUL_RE.search(text) else Drop("not_korean", "no Hangul in the instruction")
         if text and not text[0].isascii():
             return Drop("not_english", f"starts with {text[0]!r}")
-        return True
+        return None
 
 
 class EmptyOutputFilter(Filter):
     name = "empty_output"
+    reads = ("output",)
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        return True if candidate.output.strip() else Drop("empty_output")
+    def check(self, record: Record) -> Drop | None:
+        return None if record.output.strip() else Drop("empty_output")
 
 
 class EmptyInstructionFilter(Filter):
     name = "empty_instruction"
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        return True if candidate.instruction.strip() else Drop("empty_instruction")
+    def check(self, record: Record) -> Drop | None:
+        return None if record.instruction.strip() else Drop("empty_instruction")
 
 
 class InputEqualsOutputFilter(Filter):
     name = "input_equals_output"
+    reads = ("input", "output")
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        if candidate.input.strip() and normalize(candidate.input) == normalize(candidate.output):
+    def check(self, record: Record) -> Drop | None:
+        if record.input.strip() and normalize(record.input) == normalize(record.output):
             return Drop("input_equals_output")
-        return True
+        return None
 
 
 def normalize(text: str) -> str:
@@ -153,42 +142,23 @@ class ExactDuplicateFilter(Filter):
     """Drops a candidate whose normalised instruction+input equals a seed's or an accepted record's."""
 
     name = "exact_duplicate"
+    order_independent = False
+    reads = ("instruction", "input")
 
     def __init__(self, existing: Iterable[tuple[str, str]] = ()):
         self.seen: set[tuple[str, str]] = {(normalize(i), normalize(x)) for i, x in existing}
 
-    def check(self, candidate: Candidate) -> bool | Drop:
-        if (normalize(candidate.instruction), normalize(candidate.input)) in self.seen:
+    def check(self, record: Record) -> Drop | None:
+        if (normalize(record.instruction), normalize(record.input)) in self.seen:
             return Drop("exact_duplicate")
-        return True
-
-    def accepted(self, candidate: Candidate) -> None:
-        self.seen.add((normalize(candidate.instruction), normalize(candidate.input)))
-
-
-class FilterChain:
-    """Runs filters in order; the first drop wins. Counts kept/dropped per filter."""
-
-    def __init__(self, filters: Sequence[Filter]):
-        self.filters = list(filters)
-        self.stats: Counter[str] = Counter()
-
-    def check(self, candidate: Candidate) -> Drop | None:
-        for f in self.filters:
-            verdict = f.check(candidate)
-            if verdict is not True:
-                self.stats[f"{f.name}.dropped"] += 1
-                return verdict
-            self.stats[f"{f.name}.kept"] += 1
         return None
 
-    def accepted(self, candidate: Candidate) -> None:
-        for f in self.filters:
-            f.accepted(candidate)
+    def accepted(self, record: Record) -> None:
+        self.seen.add((normalize(record.instruction), normalize(record.input)))
 
 
-def build_filters(config: GenerationConfig, existing: Iterable[tuple[str, str]] = ()) -> FilterChain:
-    """The filter chain for a run; ``existing`` are (instruction, input) pairs already kept (seeds, accepted)."""
+def build_filters(config: GenerationConfig, existing: Iterable[tuple[str, str]] = ()) -> list[Filter]:
+    """The run's heuristic filters in order; ``existing`` are (instruction, input) pairs already kept (seeds, accepted)."""
     fc = config.filters
     filters: list[Filter] = [EmptyInstructionFilter(), WordCountFilter(fc.min_instruction_words, fc.max_instruction_words)]
     blacklist = config.resolved_blacklist
@@ -206,4 +176,4 @@ def build_filters(config: GenerationConfig, existing: Iterable[tuple[str, str]] 
         filters.append(InputEqualsOutputFilter())
     if fc.drop_exact_duplicates:
         filters.append(ExactDuplicateFilter(existing))
-    return FilterChain(filters)
+    return filters

@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import GenerationConfig
-from pipeline.filters import FilterChain, build_filters
+from pipeline.chain import build_chain
+from pipeline.curation import CurationChain
 from pipeline.llm import Completion, LLMClient, LLMUnavailableError, RequestRejectedError
-from pipeline.parse import parse_completion
+from pipeline.judge import Judge, Judgment, JudgeStep
+from pipeline.parse import ParseResult, parse_completion
+from pipeline.records import Record, request_rejection
 from pipeline.prompts import PromptBuilder, RenderedPrompt, resolve_template, response_schema
 from pipeline.seeds import SeedTask, load_seeds
 from pipeline.files import read_jsonl
@@ -48,6 +51,8 @@ _DETERMINISM_FIELDS = (
     "language", "response_mode", "num_seed_examples", "tasks_per_request", "seed",
     "llm.model", "llm.temperature", "llm.top_p", "llm.max_tokens", "llm.json_string_pattern",
     "filters", "dedup.threshold", "dedup.tokenizer", "dedup.enabled", "dedup.context_runs",
+    "curation", "format_checks", "decontamination",
+    "judge.enabled", "judge.threshold", "judge.prompt_template", "judge.temperature", "judge.max_tokens",
 )
 
 
@@ -69,6 +74,9 @@ class Outcome:
     prompt: RenderedPrompt
     completion: Completion | None
     error: str | None = None
+    #: Parsed on arrival when the judge is on (its candidates are judged before the consumer reaches them).
+    parsed: ParseResult | None = None
+    judgments: dict[int, Judgment] | None = None
 
 
 @dataclass
@@ -113,8 +121,11 @@ class GenerationRun:
         self.store = RunStore(config.run_dir)
         self.counts = RunCounts(target=config.target)
         self.next_index = 0
-        self.filters: FilterChain | None = None
-        self.dedup = None
+        self.curation: CurationChain | None = None
+        self.judge = Judge(config) if config.judge.enabled and "judge" in config.curation else None
+        self._judge_step: JudgeStep | None = None
+        #: Order-independent steps before the judge: what they drop is not worth judging.
+        self._prejudge: list = []
         self.faults: Counter = Counter()
         # Run totals committed before the current round; its new client counts from zero on top of them.
         self._base_faults: Counter = Counter()
@@ -140,7 +151,7 @@ class GenerationRun:
             self.counts.candidates = counts.get("candidates", 0)
             self.counts.rejected = Counter(counts.get("rejected", {}))
             self._generation_seconds = meta.get("timings", {}).get("generation_seconds", 0.0)
-            self._rebuild_state()
+            self._rebuild_state(counts.get("steps", {}))
             self.store.update_meta(
                 run_name=self.config.run_name,
                 status="running",
@@ -160,13 +171,7 @@ class GenerationRun:
         self.store.close()
 
     def fingerprint(self) -> dict[str, Any]:
-        data = self.config.model_dump(mode="json")
-        values: dict[str, Any] = {}
-        for dotted in _DETERMINISM_FIELDS:
-            node: Any = data
-            for part in dotted.split("."):
-                node = node[part]
-            values[dotted] = node
+        values = _fingerprint_values(self.config.model_dump(mode="json"))
         values["prompts_and_seeds"] = self.builder.fingerprint()
         return values
 
@@ -175,15 +180,17 @@ class GenerationRun:
         if not previous:
             return
         current = self.fingerprint()
-        changed = sorted(k for k in current if previous.get(k) != current[k])
+        # A setting added after the run was made counts as unchanged while it keeps its default.
+        defaults = _fingerprint_values(GenerationConfig().model_dump(mode="json"))
+        changed = sorted(k for k in current if previous.get(k, defaults.get(k)) != current[k])
         if changed:
             raise RunDirectoryError(
                 f"{self.config.run_dir} was made with a different config ({', '.join(changed)} changed); "
                 "resuming would mix two datasets. Use a new run_name, or restore those settings."
             )
 
-    def _rebuild_state(self) -> None:
-        """Filters and dedup remember the seeds, earlier context runs and everything accepted so far."""
+    def _rebuild_state(self, earlier_stats: dict[str, Any]) -> None:
+        """The curation chain remembers the seeds, earlier context runs and everything accepted so far."""
         kept: list[tuple[str, str]] = [(s.instruction, s.instances[0].input) for s in self.seeds]
         for name in self.config.dedup.context_runs:
             path = Path(self.config.output_dir) / name / "accepted.jsonl"
@@ -195,17 +202,12 @@ class GenerationRun:
             raise RunDirectoryError(
                 f"{self.store.run_dir}: accepted.jsonl has {len(accepted)} records but run.json counts {self.counts.accepted}"
             )
-        self.filters = build_filters(self.config, kept + accepted)
-        if self.config.dedup.enabled:
-            from pipeline.dedup import RougeDedup
-
-            self.dedup = RougeDedup(
-                threshold=self.config.dedup.threshold,
-                tokenizer=self.config.resolved_dedup_tokenizer,
-                top_k=self.config.dedup.top_k_similar,
-            )
-            self.dedup.add_seeds([instruction for instruction, _ in kept])
-            self.dedup.add_seeds([instruction for instruction, _ in accepted])
+        self.curation = build_chain(self.config, kept, accepted, earlier_stats)
+        names = self.curation.names
+        if "judge" in names:
+            self._judge_step = self.curation.steps[names.index("judge")]
+            before = self.curation.steps[:names.index("judge")]
+            self._prejudge = [step for step in before if step.order_independent]
 
     @property
     def target_reached(self) -> bool:
@@ -226,8 +228,14 @@ class GenerationRun:
         return "max_requests reached" if self.requests_exhausted else "round done"
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    async def run_round(self, client: LLMClient, max_requests: int | None = None) -> RoundResult:
-        """Send and consume requests until the target, ``max_requests`` more requests, or the run's request cap."""
+    async def run_round(self, client: LLMClient, max_requests: int | None = None, judge_client: LLMClient | None = None) -> RoundResult:
+        """Send and consume requests until the target, ``max_requests`` more requests, or the run's request cap.
+
+        With the judge on, each completion's candidates are judged as soon as it arrives (``judge_client``), while
+        generation goes on; the consumer takes a request once it and its judgments are in.
+        """
+        if self.judge is not None and judge_client is None:
+            raise ValueError("the judge is on: run_round needs a judge_client")
         cfg = self.config
         stop = cfg.resolved_max_requests
         if max_requests is not None:
@@ -235,7 +243,11 @@ class GenerationRun:
         concurrency = cfg.llm.max_concurrency
         max_ahead = cfg.llm.max_ahead or 4 * concurrency
         pending: dict[asyncio.Task, int] = {}
+        judging: dict[asyncio.Task, int] = {}
         arrived: dict[int, Outcome | LLMUnavailableError] = {}
+        unjudged: set[int] = set()  # arrived, judgments still coming
+        if self.judge is not None:
+            self.judge.reset_slots()  # each round runs on its own event loop
         send = consume = self.next_index
         self._start_totals()
         self._last_commit = time.monotonic()
@@ -254,17 +266,27 @@ class GenerationRun:
 
             while consume < stop and not self.target_reached:
                 fill()
-                if consume not in arrived:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if consume not in arrived or consume in unjudged:
+                    done, _ = await asyncio.wait([*pending, *judging], return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
-                        index = pending.pop(task)
+                        generated = task in pending
+                        index = pending.pop(task) if generated else judging.pop(task)
                         failure = task.exception()
                         if failure is not None and not isinstance(failure, LLMUnavailableError):
                             raise failure
-                        # A request that failed for good fails the run once every earlier index is consumed, so
-                        # that what already arrived before it is kept, not lost with the run.
-                        arrived[index] = failure if failure is not None else task.result()
-                while consume in arrived and not self.target_reached:
+                        if failure is not None:
+                            # A request that failed for good fails the run once every earlier index is consumed,
+                            # so that what already arrived before it is kept, not lost with the run.
+                            arrived[index] = failure
+                            unjudged.discard(index)
+                        elif generated:
+                            outcome = arrived[index] = task.result()
+                            if judge_client is not None and outcome.completion is not None:
+                                judging[asyncio.create_task(self._judge(judge_client, outcome))] = index
+                                unjudged.add(index)
+                        else:
+                            unjudged.discard(index)
+                while consume in arrived and consume not in unjudged and not self.target_reached:
                     outcome = arrived.pop(consume)
                     if isinstance(outcome, LLMUnavailableError):
                         raise outcome
@@ -279,13 +301,13 @@ class GenerationRun:
                     if fill():
                         await asyncio.sleep(0)
                     if time.monotonic() - self._last_commit >= cfg.commit_interval_s:
-                        self._commit(client)
+                        self._commit(client, judge_client)
         finally:
-            for task in pending:
+            for task in [*pending, *judging]:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            self._commit(client)
+            if pending or judging:
+                await asyncio.gather(*pending, *judging, return_exceptions=True)
+            self._commit(client, judge_client)
         return RoundResult(self.next_index, self.counts.accepted, self.finished, self.stop_reason)
 
     def _start_totals(self) -> None:
@@ -314,6 +336,18 @@ class GenerationRun:
             return Outcome(prompt, None, str(exc))
         return Outcome(prompt, completion)
 
+    async def _judge(self, judge_client: LLMClient, outcome: Outcome) -> None:
+        """Parse a completion on arrival and judge the candidates that no order-independent step will drop."""
+        completion = outcome.completion
+        outcome.parsed = parse_completion(completion.text, completion.finish_reason, self.config.response_mode)
+        index = outcome.prompt.index
+        worth_judging = []
+        for position, candidate in enumerate(outcome.parsed.candidates):
+            record = Record.from_candidate(candidate, index, position)
+            if all(step.check(record) is None for step in self._prejudge):
+                worth_judging.append((position, candidate))
+        outcome.judgments = await self.judge.judge_request(judge_client, index, worth_judging)
+
     def _consume(self, outcome: Outcome) -> None:
         index = outcome.prompt.index
         accepted: list[dict[str, Any]] = []
@@ -325,47 +359,39 @@ class GenerationRun:
                 raise LLMUnavailableError(
                     f"the server refused {self._consecutive_request_errors} requests in a row; last: {outcome.error}"
                 )
-            rejected.append({"request_index": index, "reason": "request_error", "detail": outcome.error})
+            rejected.append(request_rejection(index, "request_error", outcome.error or ""))
         else:
             self._consecutive_request_errors = 0
             completion = outcome.completion
-            parsed = parse_completion(completion.text, completion.finish_reason, self.config.response_mode)
+            parsed = outcome.parsed or parse_completion(completion.text, completion.finish_reason, self.config.response_mode)
+            if self._judge_step is not None and outcome.judgments is not None:
+                self._judge_step.provide(index, outcome.judgments)
             for failure in parsed.failures:
                 self.faults[failure.reason] += 1
-                rejected.append({
-                    "request_index": index, "reason": failure.reason, "detail": failure.detail,
-                    "finish_reason": completion.finish_reason, "raw": completion.text[:RAW_SNIPPET_CHARS],
-                })
+                rejected.append(request_rejection(index, failure.reason, failure.detail, finish_reason=completion.finish_reason,
+                                                  raw=completion.text[:RAW_SNIPPET_CHARS]))
             for position, candidate in enumerate(parsed.candidates):
                 self.counts.candidates += 1
-                record = {"request_index": index, "candidate_index": position,
-                          "instruction": candidate.instruction, "input": candidate.input, "output": candidate.output}
-                drop = self.filters.check(candidate)
-                if drop is not None:
-                    rejected.append({**record, "reason": drop.reason, "detail": drop.detail})
+                record = Record.from_candidate(candidate, index, position, outcome.prompt.seed_ids)
+                verdict = self.curation.check(record)
+                if verdict is not None:
+                    step, drop = verdict
+                    rejected.append(record.rejected_dict(drop, step.name))
                     continue
-                if self.dedup is not None:
-                    decision = self.dedup.add(candidate.instruction)
-                    if not decision.kept:
-                        rejected.append({**record, "reason": "rouge_similar", "detail": f"ROUGE-L {decision.score:.3f}",
-                                         "score": decision.score, "similar_to": self.dedup.texts[decision.similar_to]})
-                        continue
-                    record["rouge_max"] = round(decision.score, 4)
-                    if decision.most_similar:
-                        record["most_similar"] = {self.dedup.texts[i]: round(s, 4) for i, s in decision.most_similar}
-                self.filters.accepted(candidate)
-                record["seed_ids"] = list(outcome.prompt.seed_ids)
-                accepted.append(record)
+                self.curation.accepted(record)
+                accepted.append(record.accepted_dict())
                 self.counts.accepted += 1
                 if self.target_reached:
                     break
+        if self._judge_step is not None:
+            self._judge_step.forget_request(index)
         for record in rejected:
             self.counts.rejected[record["reason"]] += 1
         self.store.append(accepted, rejected)
         if self.on_progress is not None:
             self.on_progress(self.counts)
 
-    def _commit(self, client: LLMClient) -> None:
+    def _commit(self, client: LLMClient, judge_client: LLMClient | None = None) -> None:
         started = time.perf_counter()
         now = time.monotonic()
         self._generation_seconds += now - self._last_commit
@@ -377,13 +403,26 @@ class GenerationRun:
             "completion_tokens": client.stats.usage.completion_tokens,
             "retries": client.stats.retries,
         })
+        if judge_client is not None:
+            judge = judge_client.stats
+            usage += Counter({"judge_requests": judge.usage.requests, "judge_prompt_tokens": judge.usage.prompt_tokens,
+                              "judge_completion_tokens": judge.usage.completion_tokens, "judge_retries": judge.retries})
+            faults = faults + Counter({f"judge_{kind}": n for kind, n in judge.faults.items()})
         seconds = self._generation_seconds
+        extra: dict[str, Any] = {}
+        if self.judge is not None:
+            spent = usage["judge_prompt_tokens"] + usage["judge_completion_tokens"]
+            extra["judge"] = {
+                "requests": usage["judge_requests"], "prompt_tokens": usage["judge_prompt_tokens"],
+                "completion_tokens": usage["judge_completion_tokens"],
+                "tokens_per_accepted": round(spent / self.counts.accepted, 1) if self.counts.accepted else None,
+            }
         self.store.commit(
             self.next_index,
             counts={
                 "accepted": self.counts.accepted, "requests": self.counts.requests, "candidates": self.counts.candidates,
                 "rejected": dict(sorted(self.counts.rejected.items())),
-                "filters": dict(sorted(self.filters.stats.items())) if self.filters else {},
+                "steps": self.curation.stats() if self.curation else {},
             },
             faults=dict(sorted(faults.items())),
             usage=dict(usage),
@@ -392,9 +431,20 @@ class GenerationRun:
                 "accepted_per_second": round(self.counts.accepted / seconds, 3) if seconds else 0.0,
             },
             endpoints=_merge_endpoints(self._base_endpoints, client.endpoint_summary()),
+            **extra,
         )
         self.loop.commit_s += time.perf_counter() - started
         self.loop.commits += 1
+
+
+def _fingerprint_values(data: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for dotted in _DETERMINISM_FIELDS:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node[part]
+        values[dotted] = node
+    return values
 
 
 def _merge_endpoints(base: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:

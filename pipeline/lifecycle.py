@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pipeline.config import GenerationConfig
 from pipeline.generate import GenerationRun, LoopTimings, ProgressCallback, RoundResult
+from pipeline.judge import judge_base_urls
 from pipeline.llm import LLMClient
 from pipeline.server import ManagedServer, ServerError
 
@@ -58,31 +59,39 @@ def run_rounds(run: GenerationRun, base_urls: list[str], server: ManagedServer |
 
     async def _round() -> RoundResult:
         client = LLMClient(run.config.llm, base_urls, rng_seed=run.config.seed)
-        watchdog = asyncio.create_task(_watch_server(server, client)) if server is not None else None
+        judge_client = None
+        if run.judge is not None:
+            judge_client = LLMClient(run.judge.llm_config, judge_base_urls(run.config, base_urls), rng_seed=run.config.seed + 1)
+        clients = [c for c in (client, judge_client) if c is not None]
+        watchdog = asyncio.create_task(_watch_server(server, clients)) if server is not None else None
         try:
-            return await run.run_round(client, max_requests)
+            return await run.run_round(client, max_requests, judge_client)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
-            await client.aclose()
+            for c in clients:
+                await c.aclose()
 
     return asyncio.run(_round())
 
 
-async def _watch_server(server: ManagedServer, client: LLMClient, interval_s: float = 0.25) -> None:
+async def _watch_server(server: ManagedServer, clients: list[LLMClient], interval_s: float = 0.25) -> None:
     """Restart a managed server that died mid-run; requests wait (without spending retries) meanwhile."""
     while True:
         await asyncio.sleep(interval_s)
         if server.is_alive():
             continue
-        client.pause()
+        for client in clients:
+            client.pause()
         try:
             await asyncio.to_thread(server.restart)
         except ServerError as exc:
-            client.fail(exc)
+            for client in clients:
+                client.fail(exc)
             return
-        client.resume()
+        for client in clients:
+            client.resume()
 
 
 def run_to_end(run: GenerationRun, base_urls: list[str], server: ManagedServer | None) -> RoundResult:

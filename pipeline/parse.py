@@ -17,15 +17,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from pipeline.prompts import GeneratedTasks
+from pipeline.records import Candidate
 
 NO_INPUT_MARKERS = {"<noinput>", "<no input>", "noinput", "none", "n/a", "<none>", "없음", "<입력 없음>"}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    instruction: str
-    input: str
-    output: str
 
 
 @dataclass(frozen=True)

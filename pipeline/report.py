@@ -145,6 +145,9 @@ def publish_dataset_artifacts(run_name: str, run_meta: Mapping[str, Any], export
 ## Rejected, by reason
 {tables.reasons_table(stats.rejected_by_reason)}
 
+## Curation steps
+{tables.steps_table(run_meta.get("counts", {}).get("steps", {}))}
+
 ## Faults (retried or recorded)
 {tables.faults_table(run_meta.get("faults", {}))}
 
@@ -153,7 +156,7 @@ Dataset: `{export.alpaca_json}`
         description=f"Counts, tokens and throughput of {run_name}",
     )
     table(keys["samples"], stats.samples, description=f"Random accepted records of {run_name}")
-    table(keys["rejected"], stats.rejected_samples, description=f"Random rejected candidates of {run_name}, with reasons")
+    table(keys["rejected"], stats.rejected_samples, description=f"Random rejected candidates of {run_name}, with the step, reason and evidence")
     table(keys["reasons"], [{"reason": r, "count": n} for r, n in stats.rejected_by_reason.items()],
           description=f"Rejections by reason, {run_name}")
     table(keys["lengths"], [{"field": f, **s} for f, s in stats.lengths.items()], description=f"Length distribution (words), {run_name}")

@@ -30,7 +30,28 @@ def count_rows(run_meta: Mapping[str, Any], stats: Any) -> list[tuple[str, Any]]
         ("generation seconds", seconds),
         ("completion tokens/s", round(usage.get("completion_tokens", 0) / seconds, 1) if seconds else 0.0),
         ("accepted records/s", timings.get("accepted_per_second", 0)),
+        *judge_rows(run_meta),
     ]
+
+
+def judge_rows(run_meta: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """What judging cost, when the run had a judge: requests, tokens, and tokens per accepted record."""
+    judge = run_meta.get("judge")
+    if not judge:
+        return []
+    return [
+        ("judge requests", judge.get("requests", 0)),
+        ("judge prompt tokens", judge.get("prompt_tokens", 0)),
+        ("judge completion tokens", judge.get("completion_tokens", 0)),
+        ("judge tokens per accepted record", judge.get("tokens_per_accepted")),
+    ]
+
+
+def steps_table(steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per curation step, in the order they ran: what each kept, dropped and spent."""
+    return markdown_table(("step", "kept", "dropped", "seconds", "tokens"),
+                          ((name, s.get("kept", 0), s.get("dropped", 0), s.get("seconds", 0), s.get("tokens", 0)) for name, s in steps.items()),
+                          empty=("(none)", 0, 0, 0, 0))
 
 
 def counts_table(run_meta: Mapping[str, Any], stats: Any) -> str:

@@ -3,7 +3,8 @@
     python -m tests.crash_runner POINT N selfinstruct-args...
 
 POINT is one of: request (after the Nth completion arrives, others in flight), write (halfway through the Nth
-append to accepted.jsonl), dedup (inside the Nth ROUGE-L check), commit (inside the Nth commit: run.json written
+append to accepted.jsonl), dedup (inside the Nth ROUGE-L check), judge (after the Nth judgment arrives, other
+judge and generation requests in flight), commit (inside the Nth commit: run.json written
 under its temporary name, not renamed), export (after alpaca_data.json, before the HF dataset), finished (after
 the run and its export, before the process exits), none. The patches live here, not in the pipeline: production code has no crash hooks.
 """
@@ -62,14 +63,26 @@ def install(point: str, n: int) -> None:
     elif point == "dedup":
         from pipeline.dedup import RougeDedup
 
-        original_add = RougeDedup.add
+        original_check = RougeDedup.check
 
-        def add(self, text):
+        def check(self, text):
             if hit():
                 _die()
-            return original_add(self, text)
+            return original_check(self, text)
 
-        RougeDedup.add = add
+        RougeDedup.check = check
+    elif point == "judge":
+        from pipeline.llm import LLMClient
+
+        original = LLMClient.complete
+
+        async def complete(self, index, prompt, seed, response_format=None):
+            result = await original(self, index, prompt, seed, response_format)
+            if response_format and response_format["json_schema"]["name"] == "judgment" and hit():
+                _die()
+            return result
+
+        LLMClient.complete = complete
     elif point == "export":
         from pipeline import export
 

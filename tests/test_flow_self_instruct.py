@@ -73,6 +73,16 @@ def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server
     samples = json.loads(samples) if isinstance(samples, str) else samples
     assert samples and {"instruction", "input", "output"} <= set(samples[0])
     assert {s["instruction"] for s in samples} <= {r["instruction"] for r in accepted}
+    # Rejections show the step that made them and its evidence; the summary shows every step's counts.
+    rejected_rows = artifacts["flowrun-rejected"].data
+    rejected_rows = json.loads(rejected_rows) if isinstance(rejected_rows, str) else rejected_rows
+    rejected = read_lines(run_dir / "rejected.jsonl")
+    assert len(rejected_rows) == min(config.export.sample_rows, len(rejected))
+    assert all({"reason", "step", "detail", "evidence", "instruction"} <= set(r) for r in rejected_rows)
+    for row in rejected_rows:
+        if row["reason"] == "rouge_similar":
+            assert row["step"] == "rouge" and '"similar_to"' in row["evidence"] and '"score"' in row["evidence"]
+    assert "## Curation steps" in summary and "| rouge |" in summary
 
     # Running the flow again resumes: the run is complete, nothing is duplicated.
     before = (run_dir / "accepted.jsonl").read_bytes()

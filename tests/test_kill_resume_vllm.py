@@ -24,6 +24,8 @@ CRASH_POINTS = [
     ("request", 5, "fast"), ("write", 3, "fast"), ("dedup", 20, "fast"), ("commit", 3, "fast"), ("export", 1, "fast"),
     ("finished", 1, "fast"), ("none", 1, "fast"),
     ("request", 9, "default"), ("write", 5, "default"), ("commit", 2, "default"),
+    # With the judge on: mid-judging (judgments of later requests in flight), and inside a commit.
+    ("judge", 12, "judge"), ("request", 6, "judge"), ("commit", 3, "judge"),
 ]
 
 
@@ -40,18 +42,25 @@ def kill_config(vllm_server, tiny_llama, tmp_path_factory):
         "llm": tiny_llm_config([vllm_server.base_url], str(tiny_llama)).model_dump(mode="json") | {"api_key": "EMPTY"},
         # The default dedup path (prefix filter, top_k_similar 0): the "dedup" kill point lands inside it.
     }
-    paths = {"fast": root / "config.yaml", "default": root / "config-default-interval.yaml"}
+    paths = {"fast": root / "config.yaml", "default": root / "config-default-interval.yaml", "judge": root / "config-judge.yaml"}
     paths["fast"].write_text(yaml.safe_dump(config))
     paths["default"].write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "commit_interval_s"}))
+    # The tiny random model's judgments are noise, but seeded noise: scores (or unrateable answers) are stored.
+    paths["judge"].write_text(yaml.safe_dump(config | {"judge": {"enabled": True, "max_tokens": 48}}))
     # The records do not depend on when commits happen, so one reference serves both intervals.
-    reference = _run(["none", "1", "generate", "--config", str(paths["fast"]), "--run-name", "reference"], root)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    return root, paths
+    references = {}
+    for kind, path in (("fast", paths["fast"]), ("judge", paths["judge"])):
+        name = "reference" if kind == "fast" else "reference-judge"
+        reference = _run(["none", "1", "generate", "--config", str(path), "--run-name", name], root)
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        references[kind] = root / "outputs" / name
+    references["default"] = references["fast"]
+    return root, paths, references
 
 
 @pytest.mark.parametrize("point,count,interval", CRASH_POINTS, ids=[f"{p}-{n}-{i}" for p, n, i in CRASH_POINTS])
 def test_sigkill_then_resume_equals_uninterrupted(kill_config, point, count, interval):
-    root, config_paths = kill_config
+    root, config_paths, references = kill_config
     config_path = config_paths[interval]
     name = f"killed-{point}-{count}-{interval}"
     crashed = _run([point, str(count), "generate", "--config", str(config_path), "--run-name", name], root)
@@ -72,7 +81,7 @@ def test_sigkill_then_resume_equals_uninterrupted(kill_config, point, count, int
         assert after["usage"] == before_resume["usage"] and "already complete" in resumed.stdout
     assert not list(run_dir.glob(".run.json.*")), "a temporary run.json left by a kill is cleaned up on resume"
 
-    reference = root / "outputs" / "reference"
+    reference = references[interval]
     for name_ in ("accepted.jsonl", "rejected.jsonl", "alpaca_data.json"):
         assert (run_dir / name_).read_bytes() == (reference / name_).read_bytes(), f"{name_} differs after a kill at {point}"
     lines = (run_dir / "accepted.jsonl").read_text().splitlines()
@@ -81,6 +90,8 @@ def test_sigkill_then_resume_equals_uninterrupted(kill_config, point, count, int
     assert len(keys) == len(set(keys))
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "completed" and meta["counts"]["accepted"] == len(records)
+    if interval == "judge":
+        assert all("judge_score" in r for r in records) and meta["judge"]["requests"] > 0
     from datasets import load_from_disk
 
     assert load_from_disk(str(run_dir / "dataset")).num_rows == len(records)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipeline.parse import Candidate, parse_completion, parse_structured, parse_text
+from pipeline.parse import parse_completion, parse_structured, parse_text
+from pipeline.records import Candidate
 
 
 def structured(*tasks: tuple[str, str, str]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import GenerationConfig, LLMConfig
+from pipeline.config import GenerationConfig, JudgeConfig, LLMConfig
 from pipeline.lifecycle import generate
 from tests.conftest import PROJECT_ROOT
 
@@ -115,3 +115,32 @@ def test_default_dedup_path_makes_alpacas_decisions_on_a_real_run(first_run):
     for (_, _, kept, record), (_, scores) in zip(reached_dedup, reference):
         if not kept:  # the recorded score is the exact ROUGE-L against a kept item above the threshold
             assert record["score"] > config.dedup.threshold and record["score"] in scores
+
+
+def test_real_model_judges_scores_and_rejects_below_threshold(real_vllm_server, smollm2, tmp_path):
+    """SmolLM2 judges its own candidates through the judge prompt and schema, while it generates.
+
+    A 135M model is a poor judge, but a real one: it must produce schema-valid judgments whose scores land on the
+    records and in the dataset, and the threshold must reject what it scores low, each with its rationale.
+    """
+    config = real_config(tmp_path, real_vllm_server.base_url, smollm2, "judged")
+    config.judge = JudgeConfig(enabled=True, threshold=4, max_tokens=160)
+    generate(config, export=True)
+    accepted = [json.loads(line) for line in (config.run_dir / "accepted.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (config.run_dir / "rejected.jsonl").read_text().splitlines()]
+    meta = json.loads((config.run_dir / "run.json").read_text())
+    assert meta["status"] in ("completed", "incomplete"), meta.get("error")
+    # Every accepted record was scored at or above the threshold, with the model's own words as the rationale.
+    assert accepted, meta["counts"]
+    assert all(r["judge_score"] >= 4 and r["judge_rationale"].strip() for r in accepted)
+    low = [r for r in rejected if r["reason"] == "low_score"]
+    assert low, meta["counts"]["rejected"]
+    assert all(r["step"] == "judge" and r["judge_score"] < 4 and r["judge_rationale"].strip() for r in low)
+    # The scores are in the dataset, and what judging cost is in run.json and the card.
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(config.run_dir / "alpaca_data.parquet").column("judge_score").to_pylist() == [r["judge_score"] for r in accepted]
+    judge = meta["judge"]
+    assert judge["requests"] >= len(accepted) + len(low) and judge["completion_tokens"] > 0
+    assert f"| judge tokens per accepted record | {judge['tokens_per_accepted']} |" in (config.run_dir / "README.md").read_text()
+    assert meta["faults"].keys() <= {"truncated", "parse_error"}, meta["faults"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +86,14 @@ class FakeOpenAI:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.block_on_close = False
+        default_handle_error = self.server.handle_error
+
+        def handle_error(request, client_address) -> None:
+            # A request the client cancelled (e.g. once the target was reached) arrives cut short: no traceback.
+            if not isinstance(sys.exc_info()[1], (json.JSONDecodeError, ConnectionError)):
+                default_handle_error(request, client_address)
+
+        self.server.handle_error = handle_error
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
