@@ -19,7 +19,6 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
@@ -27,11 +26,8 @@ import jinja2
 from pipeline.config import GenerationConfig, LLMConfig
 from pipeline.curation import Step
 from pipeline.llm import LLMClient, RequestRejectedError
-from pipeline.prompts import TemplateError, derive_seed
+from pipeline.prompts import TemplateError, derive_seed, resolve_template
 from pipeline.records import Candidate, Drop, Record
-from pipeline.resources import prompts_dir
-
-DEFAULT_JUDGE_TEMPLATES = {"en": "judge_en.jinja", "ko": "judge_ko.jinja"}
 
 #: Rationale characters kept on a record: "a short rationale", not a model's ramble.
 MAX_RATIONALE_CHARS = 600
@@ -75,16 +71,6 @@ def parse_judgment(text: str) -> tuple[int | None, str, str | None]:
         return None, text.strip()[:MAX_RATIONALE_CHARS], "the judgment is not the JSON asked for"
 
 
-def resolve_judge_template(name_or_path: str | None, language: str) -> Path:
-    name = name_or_path or DEFAULT_JUDGE_TEMPLATES[language]
-    templates = prompts_dir()
-    for candidate in (Path(name), templates / name, templates / f"{name}.jinja"):
-        if candidate.is_file():
-            return candidate
-    available = ", ".join(sorted(p.name for p in templates.glob("judge_*.jinja")))
-    raise TemplateError(f"judge.prompt_template: unknown template {name!r} (available in {templates}: {available})")
-
-
 def judge_llm_config(config: GenerationConfig) -> LLMConfig:
     """The judge's endpoint settings: its own section if given, else the generation's, with the judge's sampling."""
     base = config.judge.llm or config.llm
@@ -108,7 +94,7 @@ class Judge:
 
     def __init__(self, config: GenerationConfig):
         self.run_seed = config.seed
-        self.template_path = resolve_judge_template(config.judge.prompt_template, config.language)
+        self.template_path = resolve_template(config.judge.prompt_template, config.language, "judge", "judge.prompt_template")
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
         try:
             self._template = env.from_string(self.template_path.read_text(encoding="utf-8"))

@@ -20,8 +20,6 @@ from pipeline.settings import ConfigError
 from pipeline.resources import prompts_dir
 from pipeline.seeds import SeedTask
 
-DEFAULT_TEMPLATES = {"en": "generate_en.jinja", "ko": "generate_ko.jinja"}
-
 
 class GeneratedTask(BaseModel):
     """One task as the model must return it in structured mode."""
@@ -49,17 +47,18 @@ def derive_seed(run_seed: int, index: int, purpose: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 
-def resolve_template(name_or_path: str | None, language: str) -> Path:
+def resolve_template(name_or_path: str | None, language: str, kind: str = "generate", field: str = "prompt_template") -> Path:
     """A template name in ``prompts/`` (the checkout's, or the installed package's) or a path; raises
-    :class:`TemplateError` naming what was looked for."""
-    name = name_or_path or DEFAULT_TEMPLATES[language]
+    :class:`TemplateError` naming ``field`` and what was looked for. ``kind`` is the family: ``generate`` or
+    ``judge``, whose defaults are ``{kind}_{language}.jinja``."""
+    name = name_or_path or f"{kind}_{language}.jinja"
     templates = prompts_dir()
     candidates = [Path(name), templates / name, templates / f"{name}.jinja"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    available = ", ".join(sorted(p.name for p in templates.glob("generate_*.jinja")))
-    raise TemplateError(f"prompt_template: unknown template {name!r} (available in {templates}: {available})")
+    available = ", ".join(sorted(p.name for p in templates.glob(f"{kind}_*.jinja")))
+    raise TemplateError(f"{field}: unknown template {name!r} (available in {templates}: {available})")
 
 
 def response_schema(num_tasks: int, string_pattern: str | None = None) -> dict[str, Any]:
