@@ -147,6 +147,92 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.audit import AUDIT_JSON, AUDIT_SHEET, format_share, summarize_audit, write_audit_sheet
+    from pipeline.files import InputFileError
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").exists():
+        _err(f"{run_dir}: not a run directory (no run.json)")
+        return EXIT_BAD_INPUT
+    if args.write:
+        if args.sheet is not None:
+            _err(f"audit --write takes no SHEET ({args.sheet}); give the sheet's path with -o")
+            return EXIT_BAD_INPUT
+        try:
+            path = write_audit_sheet(run_dir, args.output, n=200 if args.n is None else args.n,
+                                     seed=0 if args.seed is None else args.seed, overwrite=args.force)
+        except FileExistsError as exc:
+            _err(f"{exc} (--force replaces it)")
+            return EXIT_BAD_INPUT
+        except ValueError as exc:  # an unreadable accepted.jsonl (InputFileError), or --n below 1
+            _err(str(exc))
+            return EXIT_BAD_INPUT
+        print(path)
+        return EXIT_OK
+    given = {"--n": args.n, "--seed": args.seed, "-o": args.output, "--force": args.force or None}
+    write_only = [flag for flag, value in given.items() if value is not None]
+    if write_only:
+        # Silently ignoring them would let "audit RUN --n 50" look like it did something.
+        _err(f"{', '.join(write_only)} only go with --write")
+        return EXIT_BAD_INPUT
+    try:
+        summary = summarize_audit(run_dir, Path(args.sheet) if args.sheet else run_dir / AUDIT_SHEET)
+    except InputFileError as exc:
+        _err(str(exc))
+        _err(f"{len(exc.problems)} problem(s); nothing was counted")
+        return EXIT_BAD_INPUT
+    table = Table(title=f"Audit of {run_dir}: {summary.rows} records")
+    for name in ("question", "yes", "judged", "share", "Self-Instruct"):
+        table.add_column(name, justify="left" if name == "question" else "right")
+    for row in summary.to_rows():
+        table.add_row(row["question"], str(row["yes"]), str(row["judged"]), format_share(row["share"]), format_share(row["self_instruct"]))
+    Console().print(table)
+    print(f"saved {run_dir / AUDIT_JSON}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline import quality
+
+    reports = []
+    for run in args.runs:
+        run_dir = Path(run)
+        if not (run_dir / "run.json").exists():
+            _err(f"{run_dir}: not a run directory (no run.json)")
+            return EXIT_BAD_INPUT
+        reports.append(quality.build_report(run_dir) if args.refresh else quality.load_report(run_dir))
+        if args.refresh:
+            quality.write_report(run_dir, reports[-1])
+    console = Console(width=max(Console().width, 100))
+    for title, section in quality.SECTIONS:
+        header, rows = quality.figure_rows(reports, [section])
+        table = Table(title=title, title_justify="left")
+        for position, name in enumerate(header):
+            table.add_column(name, justify="left" if position == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    funnel = Table(title="Funnel", title_justify="left")
+    for position, name in enumerate(["stage", *(r["run_name"] for r in reports)]):
+        funnel.add_column(name, justify="left" if position == 0 else "right")
+    for row in quality.funnel_rows(reports):
+        funnel.add_row(*row)
+    console.print(funnel)
+    for note in quality.REFERENCE_NOTES:
+        console.print(f"[dim]{note}[/dim]")
+    if args.markdown:
+        Path(args.markdown).write_text(quality.comparison_markdown(reports), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfinstruct", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -193,6 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-hf", action="store_true", help="skip the HF dataset and parquet")
     ex.add_argument("--no-charts", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="the quality report of one run, or of several side by side, beside Self-Instruct's and Alpaca's figures")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (outputs/<run_name>)")
+    rp.add_argument("--markdown", metavar="FILE", help="also write the comparison as markdown")
+    rp.add_argument("--refresh", action="store_true", help="recompute quality.json even when it is up to date")
+    rp.set_defaults(func=cmd_report)
+
+    from pipeline.audit import QUESTIONS
+
+    au = sub.add_parser(
+        "audit", help="human audit as in Self-Instruct: write a sheet of random records (--write), or count a filled one",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Self-Instruct's quality review (Wang et al. 2022, Table 2). Answer columns, with Self-Instruct's figures:\n"
+        + "\n".join(f"  {q.column}: {q.text} ({q.self_instruct:.0%})" for q in QUESTIONS)
+        + "\nAnswers: yes/no, y/n, true/false, 1/0, ✓/✗, 예/아니오, 네/아니요; blank = not judged (also for an empty input).\n"
+        "A blank all_valid is derived from the other three. Counting saves RUN/audit.json.",
+    )
+    au.add_argument("run_dir", metavar="RUN")
+    au.add_argument("sheet", nargs="?", metavar="SHEET", help="filled sheet to count (default: RUN/audit_sheet.csv)")
+    au.add_argument("--write", action="store_true", help="write a sheet to fill in instead of counting one")
+    au.add_argument("--n", type=int, help="with --write: records to sample (default 200; all if the run has fewer)")
+    au.add_argument("--seed", type=int, help="with --write: sampling seed (default 0)")
+    au.add_argument("-o", "--output", type=Path, help="with --write: where (default: RUN/audit_sheet.csv)")
+    au.add_argument("--force", action="store_true", help="with --write: replace an existing sheet")
+    au.set_defaults(func=cmd_audit)
 
     try:
         from pipeline.train.cli import add_train_arguments, run_train_command

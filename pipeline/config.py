@@ -269,7 +269,7 @@ class ExportConfig(_Model):
     """What is written when the run reaches its target."""
 
     hf_dataset: bool = Field(True, description="Write a Hugging Face dataset (save_to_disk) and a parquet file.")
-    charts: bool = Field(True, description="Draw PNG charts (length histogram, leading verbs) next to the dataset.")
+    charts: bool = Field(True, description="Draw the quality report's PNG charts (funnel, ROUGE-L histograms, root verbs, lengths, judge scores) next to the dataset.")
     sample_rows: int = Field(20, ge=0, le=1000, description="Random accepted/rejected records shown in artifacts and the card.")
 
 

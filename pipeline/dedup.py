@@ -135,7 +135,7 @@ class RougeDedup:
         code, ids = self._encode(text)
         self._checked = (text, code, ids)
         if self.top_k:
-            lcs = _lcs_matrix([code], self._codes)[0] if self._codes else np.zeros(0, dtype=np.int32)
+            lcs = lcs_matrix([code], self._codes)[0] if self._codes else np.zeros(0, dtype=np.int32)
             return self._decide(rouge_l_fmeasure_array(lcs, len(ids), np.asarray(self._lengths, dtype=np.int64)))
         similar_to, score = self._find_match(code, ids)
         return Decision(kept=similar_to is None, score=score, similar_to=similar_to)
@@ -175,7 +175,7 @@ class RougeDedup:
             vocab = self._vocab
             ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
             self._doc_freq.extend([0] * (len(vocab) - len(self._doc_freq)))
-        return _ids_to_code(ids, len(self._vocab)), ids
+        return ids_to_code(ids, len(self._vocab)), ids
 
     def _index(self, text: str, code: str, ids: list[int]) -> None:
         index, length = len(self._texts), len(ids)
@@ -274,8 +274,8 @@ class RougeDedup:
         encoded = [self._encode(text) for text in texts]
         codes = [code for code, _ in encoded]
         old_lengths = np.asarray(self._lengths, dtype=np.int64)
-        vs_indexed = _lcs_matrix(codes, self._codes)
-        vs_chunk = _lcs_matrix(codes, codes)
+        vs_indexed = lcs_matrix(codes, self._codes)
+        vs_chunk = lcs_matrix(codes, codes)
         kept_in_chunk: list[int] = []
         decisions = []
         for i, (text, (code, ids)) in enumerate(zip(texts, encoded)):
@@ -309,7 +309,7 @@ def _buckets_in_range(by_length: dict[int, list[int]], lengths: tuple[int, ...],
     return list(filter(None, map(by_length.get, lengths[:count])))
 
 
-def _ids_to_code(ids: list[int], vocab_size: int) -> str:
+def ids_to_code(ids: list[int], vocab_size: int) -> str:
     if vocab_size <= _SURROGATES_START:
         return "".join(map(chr, ids))
     if vocab_size > _MAX_VOCAB_SIZE:
@@ -317,7 +317,7 @@ def _ids_to_code(ids: list[int], vocab_size: int) -> str:
     return "".join(chr(i if i < _SURROGATES_START else i + _SURROGATES_SIZE) for i in ids)
 
 
-def _lcs_matrix(queries: list[str], choices: list[str]) -> np.ndarray:
+def lcs_matrix(queries: list[str], choices: list[str]) -> np.ndarray:
     if not queries or not choices:
         return np.zeros((len(queries), len(choices)), dtype=np.int32)
     # Threads only pay off on big matrices; starting them for every small chunk costs more than it saves.

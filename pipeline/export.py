@@ -10,19 +10,19 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import tables
+from pipeline import quality, tables
+from pipeline.audit import AUDIT_SHEET, write_audit_sheet
+from pipeline.charts import CHARTS_DIR, draw_charts
 from pipeline.files import read_jsonl, write_json_atomic
 from pipeline.rouge import ALPACA_THRESHOLD
 from pipeline.store import ACCEPTED, REJECTED, RUN_JSON
-from pipeline.text import get_kiwi
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,6 @@ ALPACA_JSON = "alpaca_data.json"
 PARQUET = "alpaca_data.parquet"
 HF_DIR = "dataset"
 CARD = "README.md"
-CHARTS_DIR = "charts"
-
-_STOPWORDS = {
-    "a", "an", "the", "of", "to", "for", "in", "on", "and", "or", "me", "my", "your", "you", "us", "this", "that",
-    "these", "those", "some", "any", "it", "its", "with", "about", "from", "by", "as", "at", "following", "given",
-    "each", "all", "one", "two", "three", "few", "short", "list", "brief", "new", "whether", "if", "what", "how",
-}
-_QUESTION_WORDS = {"what", "how", "why", "who", "which", "when", "where", "is", "are", "can", "do", "does", "should", "could", "would"}
-
 
 @dataclass
 class DatasetStats:
@@ -46,7 +37,6 @@ class DatasetStats:
     rejected_by_reason: dict[str, int]
     lengths: dict[str, dict[str, float]]
     with_input: int
-    leading_verbs: list[dict[str, Any]]
     samples: list[dict[str, str]] = field(default_factory=list)
     rejected_samples: list[dict[str, str]] = field(default_factory=list)
 
@@ -60,6 +50,8 @@ class ExportResult:
     card: Path
     charts: list[Path]
     stats: DatasetStats
+    #: The quality report (:mod:`pipeline.quality`), also in ``quality.json``.
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def alpaca_records(run_dir: Path) -> list[dict[str, str]]:
@@ -103,43 +95,7 @@ def _length_summary(values: Sequence[int]) -> dict[str, float]:
     }
 
 
-def verb_and_object(instruction: str, language: str) -> tuple[str | None, str | None]:
-    """The leading verb and its first object, for a diversity view in the spirit of Alpaca's verb-noun chart.
-
-    English: the first word when it is not a question word, and the next content word. Korean: the last
-    verb (VV) lemma and the first common noun, from Kiwi's morphemes.
-    """
-    if language == "ko":
-        tokens = get_kiwi().tokenize(instruction)
-        verbs = [t.form + "다" for t in tokens if t.tag == "VV"]
-        nouns = [t.form for t in tokens if t.tag == "NNG"]
-        return (verbs[-1] if verbs else None, nouns[0] if nouns else None)
-    words = re.findall(r"[A-Za-z']+", instruction.lower())
-    if not words or words[0] in _QUESTION_WORDS:
-        return None, None
-    verb = words[0]
-    obj = next((w for w in words[1:] if w not in _STOPWORDS and len(w) > 2), None)
-    return verb, obj
-
-
-def leading_verbs(instructions: Sequence[str], language: str, top: int = 20, objects: int = 4) -> list[dict[str, Any]]:
-    pairs: dict[str, Counter] = defaultdict(Counter)
-    verbs: Counter = Counter()
-    for text in instructions:
-        verb, obj = verb_and_object(text, language)
-        if verb is None:
-            continue
-        verbs[verb] += 1
-        if obj:
-            pairs[verb][obj] += 1
-    return [
-        {"verb": verb, "count": count, "objects": [o for o, _ in pairs[verb].most_common(objects)],
-         "object_counts": [c for _, c in pairs[verb].most_common(objects)]}
-        for verb, count in verbs.most_common(top)
-    ]
-
-
-def compute_stats(run_dir: Path, language: str, sample_rows: int = 20, seed: int = 0) -> DatasetStats:
+def compute_stats(run_dir: Path, sample_rows: int = 20, seed: int = 0) -> DatasetStats:
     records = alpaca_records(run_dir)
     rejected = list(read_jsonl(run_dir / REJECTED))
     rng = random.Random(seed)
@@ -153,64 +109,9 @@ def compute_stats(run_dir: Path, language: str, sample_rows: int = 20, seed: int
             "output_words": _length_summary([words(r["output"]) for r in records]),
         },
         with_input=sum(1 for r in records if r["input"]),
-        leading_verbs=leading_verbs([r["instruction"] for r in records], language),
         samples=rng.sample(records, min(sample_rows, len(records))),
         rejected_samples=[rejected_sample(r) for r in rng.sample(rejected, min(sample_rows, len(rejected)))],
     )
-
-
-def _draw_charts(run_dir: Path, records: list[dict[str, str]], stats: DatasetStats) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = run_dir / CHARTS_DIR
-    out.mkdir(exist_ok=True)
-    paths: list[Path] = []
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key, colour in ((axes[0], "instruction", "#4C72B0"), (axes[1], "output", "#DD8452")):
-        values = [len(r[key].split()) for r in records]
-        ax.hist(values, bins=min(40, max(5, len(set(values)))), color=colour)
-        ax.set_title(f"{key} length (words)")
-        ax.set_xlabel("words")
-        ax.set_ylabel("records")
-    fig.tight_layout()
-    paths.append(_save(fig, out / "lengths.png"))
-
-    verbs = stats.leading_verbs
-    if verbs:
-        fig, ax = plt.subplots(figsize=(7, 7))
-        inner = [v["count"] for v in verbs]
-        ax.pie(inner, labels=[v["verb"] for v in verbs], radius=0.7, labeldistance=0.55,
-               wedgeprops={"width": 0.35, "edgecolor": "white"}, textprops={"fontsize": 8})
-        outer_sizes, outer_labels = [], []
-        for v in verbs:
-            known = sum(v["object_counts"])
-            for obj, count in zip(v["objects"], v["object_counts"]):
-                outer_sizes.append(count)
-                outer_labels.append(obj)
-            outer_sizes.append(max(v["count"] - known, 0))
-            outer_labels.append("")
-        ax.pie(outer_sizes, labels=outer_labels, radius=1.0, labeldistance=1.02,
-               wedgeprops={"width": 0.3, "edgecolor": "white"}, textprops={"fontsize": 6})
-        ax.set_title("Leading verbs (inner) and their first objects (outer)")
-        paths.append(_save(fig, out / "verbs.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-    import warnings
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # missing glyphs (e.g. Hangul without a CJK font) are cosmetic
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def _write_hf_dataset(run_dir: Path, records: list[dict[str, Any]]) -> tuple[Path, Path]:
@@ -235,7 +136,7 @@ def _write_hf_dataset(run_dir: Path, records: list[dict[str, Any]]) -> tuple[Pat
     return target, parquet
 
 
-def render_card(run_meta: dict[str, Any], stats: DatasetStats, charts: list[Path]) -> str:
+def render_card(run_meta: dict[str, Any], stats: DatasetStats, report: Mapping[str, Any], charts: Mapping[str, Path]) -> str:
     from huggingface_hub import DatasetCardData
 
     config = run_meta.get("config", {})
@@ -256,11 +157,10 @@ def render_card(run_meta: dict[str, Any], stats: DatasetStats, charts: list[Path
         "## Counts", "", tables.counts_table(run_meta, stats), "",
         "## Rejected, by reason", "", tables.reasons_table(stats.rejected_by_reason), "",
         "## Curation steps", "", tables.steps_table(run_meta.get("counts", {}).get("steps", {})), "",
+        "## Quality report", "",
+        quality.markdown(report, {name: f"{CHARTS_DIR}/{path.name}" for name, path in charts.items()}),
         "## Lengths (words)", "", tables.lengths_table(stats.lengths), "",
-        "## Leading verbs", "", tables.verbs_table(stats.leading_verbs), "",
     ]
-    if charts:
-        lines += ["## Charts", ""] + [f"![{p.stem}]({CHARTS_DIR}/{p.name})" for p in charts] + [""]
     lines += ["## Generating config", "", "```json", json.dumps(config, indent=2, ensure_ascii=False), "```", ""]
     return "\n".join(lines)
 
@@ -269,18 +169,22 @@ def export_run(run_dir: str | Path, hf_dataset: bool = True, charts: bool = True
     """Write alpaca_data.json, the HF dataset + parquet, charts and the dataset card for a run directory."""
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
-    language = meta.get("config", {}).get("language", "en")
     records = alpaca_records(run_dir)
     write_json_atomic(run_dir / ALPACA_JSON, records)
     hf_path = parquet = None
     if hf_dataset:
         hf_path, parquet = _write_hf_dataset(run_dir, dataset_records(run_dir))
-    stats = compute_stats(run_dir, language, sample_rows, seed=meta.get("config", {}).get("seed", 0))
-    chart_paths = _draw_charts(run_dir, records, stats) if charts and records else []
+    stats = compute_stats(run_dir, sample_rows, seed=meta.get("config", {}).get("seed", 0))
+    report = quality.build_report(run_dir)
+    quality.write_report(run_dir, report)
+    if records and not (run_dir / AUDIT_SHEET).exists():
+        # Written once: a team may be filling it in, and a rerun of the export must not replace their answers.
+        write_audit_sheet(run_dir)
+    chart_paths = draw_charts(run_dir, report, records) if charts and records else {}
     card = run_dir / CARD
     tmp = run_dir / f".{CARD}.tmp"
-    tmp.write_text(render_card(meta, stats, chart_paths), encoding="utf-8")
+    tmp.write_text(render_card(meta, stats, report, chart_paths), encoding="utf-8")
     os.replace(tmp, card)
     if hf_path is not None:
         shutil.copyfile(card, hf_path / CARD)
-    return ExportResult(run_dir, run_dir / ALPACA_JSON, hf_path, parquet, card, chart_paths, stats)
+    return ExportResult(run_dir, run_dir / ALPACA_JSON, hf_path, parquet, card, list(chart_paths.values()), stats, report)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from uuid import UUID
 
-from pipeline import tables
+from pipeline import quality, tables
+from pipeline.charts import data_uri
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,14 @@ class Progress:
             log.warning("could not update progress artifact %s: %s", self.key, exc)
 
 
+#: Longest text shown in a table artifact's cell: longer ones made the samples table wider than the page.
+MAX_CELL_CHARS = 160
+
+
+def _clip_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v[: MAX_CELL_CHARS - 1] + "…" if isinstance(v, str) and len(v) > MAX_CELL_CHARS else v for k, v in row.items()}
+
+
 def _cell(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -129,11 +138,14 @@ def publish_dataset_artifacts(run_name: str, run_meta: Mapping[str, Any], export
     base = artifact_key(run_name)
     keys = {
         "summary": f"{base}-summary",
+        "report": f"{base}-report",
+        "funnel": f"{base}-funnel",
+        "figures": f"{base}-figures",
+        "verbs": f"{base}-verbs",
         "samples": f"{base}-samples",
         "rejected": f"{base}-rejected",
         "reasons": f"{base}-rejection-reasons",
         "lengths": f"{base}-lengths",
-        "verbs": f"{base}-leading-verbs",
         "dataset": f"{base}-dataset",
     }
     markdown(
@@ -155,17 +167,24 @@ Dataset: `{export.alpaca_json}`
 """,
         description=f"Counts, tokens and throughput of {run_name}",
     )
-    table(keys["samples"], stats.samples, description=f"Random accepted records of {run_name}")
-    table(keys["rejected"], stats.rejected_samples, description=f"Random rejected candidates of {run_name}, with the step, reason and evidence")
+    quality_report = export.report
+    if quality_report:
+        # Charts travel inside the markdown as data URIs: the UI renders them without access to the run directory.
+        charts = {Path(p).stem: data_uri(p) for p in export.charts}
+        markdown(keys["report"], f"# Quality report of `{run_name}`\n\n{quality.markdown(quality_report, charts)}",
+                 description=f"Yield, cost, diversity, shape and quality of {run_name}, beside Self-Instruct's and Alpaca's figures")
+        table(keys["funnel"], quality_report["funnel"], description=f"Funnel of {run_name}: requests to accepted records")
+        header, rows = quality.figure_rows([quality_report])
+        table(keys["figures"], [dict(zip(header, row)) for row in rows],
+              description=f"Every figure of {run_name} beside the published ones")
+        table(keys["verbs"], [{"verb": v["verb"], "count": v["count"], "objects": ", ".join(v["objects"])} for v in quality_report["verbs"]["top"]],
+              description=f"Root verbs and their direct objects, {run_name}")
+    table(keys["samples"], [_clip_row(row) for row in stats.samples], description=f"Random accepted records of {run_name}")
+    table(keys["rejected"], [_clip_row(row) for row in stats.rejected_samples],
+          description=f"Random rejected candidates of {run_name}, with the step, reason and evidence")
     table(keys["reasons"], [{"reason": r, "count": n} for r, n in stats.rejected_by_reason.items()],
           description=f"Rejections by reason, {run_name}")
     table(keys["lengths"], [{"field": f, **s} for f, s in stats.lengths.items()], description=f"Length distribution (words), {run_name}")
-    charts = "\n".join(f"- `{p}`" for p in export.charts)
-    markdown(
-        keys["verbs"],
-        f"# Leading verbs of {run_name}\n\n{tables.verbs_table(stats.leading_verbs)}\n\nCharts:\n{charts}\n",
-        description="Diversity: the most common leading verbs and their objects",
-    )
     link(keys["dataset"], Path(export.run_dir).resolve().as_uri(), text=str(export.alpaca_json), description=f"Dataset files of {run_name}")
     return list(keys.values())
 

@@ -71,6 +71,7 @@ def lengths_table(lengths: Mapping[str, Mapping[str, float]]) -> str:
     return markdown_table(("field", *columns), ([name, *(s[c] for c in columns)] for name, s in lengths.items()))
 
 
-def verbs_table(leading_verbs: Sequence[Mapping[str, Any]]) -> str:
+def verbs_table(verbs: Sequence[Mapping[str, Any]]) -> str:
+    """Root verbs, best first, with their most common direct objects."""
     return markdown_table(("verb", "count", "common objects"),
-                          ((v["verb"], v["count"], ", ".join(v["objects"])) for v in leading_verbs))
+                          ((v["verb"], v["count"], ", ".join(v["objects"])) for v in verbs), empty=("(none)", 0, ""))

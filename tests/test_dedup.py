@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer, scoring, tokenizers
 
-from pipeline.dedup import Decision, RougeDedup, _ids_to_code, dedup_file, load_instructions
+from pipeline.dedup import Decision, RougeDedup, ids_to_code, dedup_file, load_instructions
 from pipeline.rouge import rouge_l_fmeasure, rouge_l_fmeasure_array
 from pipeline.text import tokenize_rouge
 
@@ -201,11 +201,11 @@ def test_rouge_tokenizer_is_rouge_scores(text: str) -> None:
 
 def test_token_codes_skip_surrogates_and_stay_distinct() -> None:
     ids = [0, 0xD7FF, 0xD800, 0xD801, 0xE000, 0x10FFFF - 0x800]
-    code = _ids_to_code(ids, vocab_size=0x10FFFF - 0x800 + 1)
+    code = ids_to_code(ids, vocab_size=0x10FFFF - 0x800 + 1)
     assert len(set(code)) == len(ids)
     assert not any(0xD800 <= ord(char) <= 0xDFFF for char in code)
     with pytest.raises(OverflowError):
-        _ids_to_code([0], vocab_size=0x110000)
+        ids_to_code([0], vocab_size=0x110000)
 
 
 # -- API behaviour --------------------------------------------------------------------------------------------------

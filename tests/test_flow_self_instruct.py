@@ -62,9 +62,18 @@ def test_self_instruct_flow_writes_dataset_and_artifacts_and_resumes(vllm_server
     assert any(n.startswith("export-dataset") for n in names)
 
     artifacts = {a.key: a for a in asyncio.run(_artifacts("flowrun-%"))}
-    for key in ("flowrun-summary", "flowrun-samples", "flowrun-rejected", "flowrun-rejection-reasons",
-                "flowrun-lengths", "flowrun-leading-verbs", "flowrun-dataset", "flowrun-progress"):
+    for key in ("flowrun-summary", "flowrun-report", "flowrun-funnel", "flowrun-figures", "flowrun-verbs", "flowrun-samples",
+                "flowrun-rejected", "flowrun-rejection-reasons", "flowrun-lengths", "flowrun-dataset", "flowrun-progress"):
         assert key in artifacts, f"missing artifact {key}; have {sorted(artifacts)}"
+    # The quality report: its figures, the funnel as a table, and every chart inside the markdown as a PNG data URI.
+    report = json.loads((run_dir / "quality.json").read_text(encoding="utf-8"))
+    markdown = artifacts["flowrun-report"].data
+    assert f"| accepted records | {len(accepted):,} |" in markdown and "| tasks parsed |" in markdown
+    charts = sorted(p.stem for p in (run_dir / "charts").glob("*.png"))
+    assert len(charts) >= 4 and markdown.count("](data:image/png;base64,") == len(charts)
+    funnel = artifacts["flowrun-funnel"].data
+    funnel = json.loads(funnel) if isinstance(funnel, str) else funnel
+    assert funnel == report["funnel"] and funnel[-1] == {"stage": "accepted", "count": len(accepted)}
     assert float(artifacts["flowrun-progress"].data) == 100.0
     summary = artifacts["flowrun-summary"].data
     assert f"| accepted records | {len(accepted)} |" in summary

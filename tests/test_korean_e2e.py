@@ -11,7 +11,7 @@ ones (을/를, 이/가/은/는, 의/에, -세요/-시오), an exact copy and som
 - English instructions are dropped by the language check (``not_korean``);
 - Hangul is stored as UTF-8, not ``\\u`` escapes, in accepted.jsonl, rejected.jsonl and alpaca_data.json, and
   comes back as the exact strings from those, the parquet file and the saved HF dataset;
-- the dataset card says ``language: [ko]`` and its leading-verbs table lists Korean predicates.
+- the dataset card says ``language: [ko]`` and its root-verb table lists Korean predicates.
 
 A hypothesis property test checks ``RougeDedup(tokenizer="ko")`` against a brute-force reference (Kiwi tokens,
 plain dynamic-programming LCS, rouge-score's F-measure, keep iff nothing kept scores above the threshold) on texts
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import ExportConfig, GenerationConfig, LLMConfig
 from pipeline.dedup import RougeDedup
-from pipeline.export import verb_and_object
+from pipeline.verbs import verb_object
 from pipeline.generate import GenerationRun
 from pipeline.lifecycle import generate
 from pipeline.prompts import response_schema
@@ -108,8 +108,10 @@ assert all(len(tasks) == TASKS for tasks in SCRIPT)
 
 #: Accepted in this order; the last one reaches the target, so the run is ``completed``.
 EXPECTED_ACCEPTED = [POEM, COMPLAINT, TRANSLATE, MINUTES, PYTHON, NOVELS, GREETING]
-#: Korean predicates (Kiwi VV lemmas) the leading-verbs table must show, one record each.
-EXPECTED_VERBS = {"쓰다": 1, "읽다": 1, "고치다": 1, "고르다": 1, "만들다": 1}
+#: Korean predicates the root-verb table must show, one record each.
+#: The main predicate is the sentence's last verb, a noun + 하다 (번역하다, 설명하다, 작성하다) included; "읽고 ... 작성해
+#: 주세요" is about writing, not reading.
+EXPECTED_VERBS = {"쓰다": 1, "작성하다": 1, "번역하다": 1, "고치다": 1, "설명하다": 1, "고르다": 1, "만들다": 1}
 
 
 class KoreanFakeOpenAI(FakeOpenAI):
@@ -316,15 +318,15 @@ def test_dataset_card_is_korean(korean_run) -> None:
     front_matter = yaml.safe_load(card.split("---\n")[1])
     assert front_matter["language"] == ["ko"]
     assert "language:\n- ko\n" in card
-    # The leading-verbs table: rows "| verb | count | objects |" between its heading and the next one.
-    section = card.split("## Leading verbs\n", 1)[1].split("\n## ", 1)[0]
+    # The root-verb table: rows "| verb | count | objects |" between its heading and the next one.
+    section = card.split("#### Top root verbs and their direct objects\n", 1)[1].split("\n#", 1)[0]
     rows = [line.strip("|").split("|") for line in section.strip().splitlines()[2:]]
     verbs = {cells[0].strip(): int(cells[1]) for cells in rows}
     assert EXPECTED_VERBS.items() <= verbs.items(), verbs
     assert all(HANGUL_RE.search(verb) and verb.endswith("다") for verb in verbs), verbs
     # ... which is what the export's Kiwi analysis extracts from the accepted instructions.
-    assert {verb_and_object(text, "ko")[0] for text in EXPECTED_ACCEPTED} - {None} == set(verbs)
-    assert {p.name for p in summary.export.charts} == {"lengths.png", "verbs.png"}
+    assert {verb_object(text, "ko")[0] for text in EXPECTED_ACCEPTED} - {None} == set(verbs)
+    assert {p.name for p in summary.export.charts} == {f"{name}.png" for name in ("funnel", "rouge_to_seed", "rouge_to_other", "verbs", "lengths")}
     assert all(p.stat().st_size > 0 for p in summary.export.charts)
 
 

@@ -138,7 +138,7 @@ def test_demo_deployment_runs_to_completion_and_publishes_artifacts(stack, smoll
     assert len(json.loads(dataset.read_text())) >= config["target"]
 
     artifacts = {a.key for a in asyncio.run(_read_artifacts(stack["env"]["PREFECT_API_URL"], "stackdemo-%"))}
-    for suffix in ("summary", "samples", "rejected", "rejection-reasons", "lengths", "leading-verbs", "dataset", "progress"):
+    for suffix in ("summary", "report", "funnel", "figures", "verbs", "samples", "rejected", "rejection-reasons", "lengths", "dataset", "progress"):
         assert f"stackdemo-{suffix}" in artifacts
 
 
@@ -175,7 +175,7 @@ def test_koalpaca_deployment_runs_korean_against_an_external_server(stack):
     assert meta["status"] == "completed" and meta["config"]["language"] == "ko"
     assert meta["counts"]["rejected"]["rouge_similar"] == 5
     artifacts = {a.key for a in asyncio.run(_read_artifacts(stack["env"]["PREFECT_API_URL"], "stackko-%"))}
-    assert {"stackko-summary", "stackko-rejected", "stackko-leading-verbs"} <= artifacts
+    assert {"stackko-summary", "stackko-rejected", "stackko-report", "stackko-verbs"} <= artifacts
 
 
 def test_cancelling_a_run_stops_its_vllm_server(stack, smollm2):
