@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline import diversity, tables
-from pipeline.audit import AUDIT_JSON
+from pipeline.audit import AUDIT_JSON, QUESTIONS, AuditSummary, load_audit_summary
 from pipeline.files import read_jsonl, write_json_atomic
 from pipeline.store import ACCEPTED, REJECTED, RUN_JSON
 
@@ -96,10 +96,7 @@ REFERENCES: dict[str, list[tuple[str, float]]] = {
     "instruction_words_mean": [(SELF_INSTRUCT, 15.9)],
     "input_words_mean": [(SELF_INSTRUCT, 12.7)],
     "output_words_mean": [(SELF_INSTRUCT, 18.9)],
-    "audit_valid_instruction": [(SELF_INSTRUCT, 0.92)],
-    "audit_appropriate_input": [(SELF_INSTRUCT, 0.79)],
-    "audit_correct_output": [(SELF_INSTRUCT, 0.58)],
-    "audit_all_valid": [(SELF_INSTRUCT, 0.54)],
+    **{f"audit_{q.column}": [(SELF_INSTRUCT, q.self_instruct)] for q in QUESTIONS},
 }
 #: Said in the reference table's notes: Self-Instruct's 52,445 instructions came with 82,439 instances (inputs/outputs).
 REFERENCE_NOTES = (
@@ -253,8 +250,8 @@ def build_report(run_dir: str | Path, verb_parser: Callable[[Sequence[str], str]
     judged_dropped = [r["judge_score"] for r in rejected if isinstance(r.get("judge_score"), int)]
     figures["judge_mean"] = round(statistics.fmean(scores), 2) if scores else None
     audit = _read_audit(run_dir)
-    for question in ("valid_instruction", "appropriate_input", "correct_output", "all_valid"):
-        figures[f"audit_{question}"] = (audit or {}).get("questions", {}).get(question, {}).get("share")
+    for q in QUESTIONS:
+        figures[f"audit_{q.column}"] = audit.questions[q.column].share if audit else None
 
     return {
         "run_name": meta.get("run_name", run_dir.name),
@@ -272,20 +269,17 @@ def build_report(run_dir: str | Path, verb_parser: Callable[[Sequence[str], str]
             "judge_scores_rejected": {str(s): c for s, c in sorted(Counter(judged_dropped).items())},
         },
         "verbs": {"top": verbs.verbs, "coverage": verbs.coverage, "parsed_share": verbs.parsed_share, "total": verbs.total},
-        "audit": audit,
+        "audit": audit.to_json() if audit else None,
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def _read_audit(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / AUDIT_JSON
-    if not path.exists():
-        return None
+def _read_audit(run_dir: Path) -> AuditSummary | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("%s: not readable (%s); the report leaves the audit out", path, exc)
+        return load_audit_summary(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: not readable (%s); the report leaves the audit out", run_dir / AUDIT_JSON, exc)
         return None
 
 

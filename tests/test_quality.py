@@ -197,3 +197,18 @@ def test_load_report_recomputes_when_the_run_changed(small_run):
     import os
     os.utime(small_run / "accepted.jsonl", (os.path.getmtime(small_run / quality.QUALITY_JSON) + 5,) * 2)
     assert quality.load_report(small_run)["figures"]["accepted"] == 5
+
+
+def test_report_shows_a_saved_audit_beside_self_instructs_figures(small_run):
+    from pipeline.audit import AnswerCount, AuditSummary
+
+    counts = {"valid_instruction": (3, 4), "appropriate_input": (1, 2), "correct_output": (2, 4), "all_valid": (1, 4)}
+    summary = AuditSummary({c: AnswerCount(*yes_judged) for c, yes_judged in counts.items()}, 4, small_run / "sheet.csv", "now")
+    (small_run / "audit.json").write_text(json.dumps(summary.to_json()), encoding="utf-8")
+    report = quality.build_report(small_run)
+    assert report["figures"]["audit_valid_instruction"] == 0.75 and report["figures"]["audit_all_valid"] == 0.25
+    assert report["audit"]["rows"] == 4
+    header, rows = quality.figure_rows([report], ["quality"])
+    assert ["audit: all fields valid", "25.0%", "54.0%", "–"] in rows
+    (small_run / "audit.json").write_text("{not json", encoding="utf-8")
+    assert quality.build_report(small_run)["figures"]["audit_all_valid"] is None  # left out, with a warning
