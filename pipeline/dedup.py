@@ -19,16 +19,17 @@ are read and written with :mod:`pipeline.files`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from array import array
 import logging
 import sys
 import time
-from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from rapidfuzz import process
@@ -37,7 +38,9 @@ from rapidfuzz.distance import LCSseq
 from pipeline.curation import Step
 from pipeline.files import read_json_values, write_jsonl_atomic
 from pipeline.records import Drop, Record
-from pipeline.rouge import ALPACA_THRESHOLD, LengthPlan, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array
+from pipeline.rouge import (
+    ALPACA_THRESHOLD, LengthPlan, least_lcs_above, least_lcs_for_any_length, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array,
+)
 from pipeline.text import get_tokenizer, is_mostly_hangul
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,16 @@ _MAX_VOCAB_SIZE = 0x110000 - _SURROGATES_SIZE
 
 _EXHAUSTIVE_CHUNK = 128
 _PARALLEL_LCS_PAIRS = 200_000
-_SHARED_PREFIX_OCCURRENCES = 2
+_SHARED_PREFIX_OCCURRENCES = 4  # k: a match shares k elements of both prefixes; more prunes better, up to a point
+_OCCURRENCE_SHIFT = 21  # above any token id (< 0x110000)
+_TIERS = 4  # a bucket is length * _TIERS + tier (three tiers used)
+_BUCKET_BITS = 24
+_BUCKET_MASK = (1 << _BUCKET_BITS) - 1
+_NOT_CACHED = object()
+_FIRST_REORDER = 1024
+_MIN_TAIL = 1024  # items in the Python tail before it is merged into the numpy arrays
+_TAIL_FRACTION = 32  # ... or this share of the index, whichever is more
+_VECTOR_BATCH = 24  # from this many candidates on, one cdist call beats a Python loop of LCS calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +107,21 @@ class RougeDedup:
         self._tokenize = get_tokenizer(tokenizer)
         self._warned_hangul = tokenizer != "rouge"
         self._vocab: dict[str, int] = {}
-        self._doc_freq: list[int] = []  # by token id: how many indexed items contain the token
-        self._postings: dict[int, dict[int, list[int]]] = {}  # token id -> item length -> indices of items
+        self._postings = _Postings()
         self._texts: list[str] = []
         self._codes: list[str] = []  # token ids as code points, per indexed item
         self._lengths: list[int] = []
         self._plans: dict[int, LengthPlan] = {}
+        self._place_cache: dict[int, tuple[int, int]] = {}
+        self._probe_plans: dict[int, _ProbePlan | None] = {}
+        self._doc_freq: list[int] = []  # by token id: how many indexed items contain the token
+        # By token id: the token's place in the global order (see _find_match), lowest first. It is fixed between
+        # re-orderings, which re-post every item; new tokens go first (a token first seen late is rare).
+        self._order: list[int] = []
+        # By token id: a number from the token's text alone. Token ids depend on every text ever encoded (rejected
+        # ones too), so the order must not: a resumed run, which encodes only what was kept, must rebuild the same.
+        self._tie_break: list[int] = []
+        self._next_reorder = _FIRST_REORDER
         self._checked: tuple[str, str, list[int]] | None = None  # the last text check() encoded
 
     def __len__(self) -> int:
@@ -112,7 +133,12 @@ class RougeDedup:
         return self._texts
 
     def add_seeds(self, texts: Iterable[str]) -> None:
-        """Index ``texts`` unconditionally: seeds are always kept, even when they resemble each other."""
+        """Index ``texts`` unconditionally: seeds are always kept, even when they resemble each other.
+
+        Also how a resumed run rebuilds its index. The texts are indexed one by one, as a run indexes what it
+        keeps, so that the index (its token order and what sits in its tail) is the same as it was at the same
+        point of an uninterrupted run, and so are the kept records' ``score`` lower bounds.
+        """
         for text in texts:
             self._index(text, *self._encode(text))
 
@@ -175,91 +201,130 @@ class RougeDedup:
             vocab = self._vocab
             ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
             self._doc_freq.extend([0] * (len(vocab) - len(self._doc_freq)))
+            new_tokens = list(vocab)[len(self._order):] if len(vocab) - len(self._order) > 64 else \
+                [token for token in dict.fromkeys(tokens) if vocab[token] >= len(self._order)]
+            for token in new_tokens:
+                self._tie_break.append(_token_key(token))
+                self._order.append(-1 - self._tie_break[-1])
         return ids_to_code(ids, len(self._vocab)), ids
 
     def _index(self, text: str, code: str, ids: list[int]) -> None:
-        index, length = len(self._texts), len(ids)
         self._texts.append(text)
         self._codes.append(code)
-        self._lengths.append(length)
+        self._lengths.append(len(ids))
+        doc_freq = self._doc_freq
         for token in set(ids):
-            self._doc_freq[token] += 1
-            by_length = self._postings.setdefault(token, {})
-            bucket = by_length.get(length)
-            if bucket is None:
-                by_length[length] = [index]
-            else:
-                bucket.append(index)
+            doc_freq[token] += 1
+        if len(self._texts) >= self._next_reorder:
+            self._reorder()
+        else:
+            self._post(len(self._texts) - 1, ids)
+            if self._postings.tail_items >= max(_MIN_TAIL, len(self._texts) // _TAIL_FRACTION):
+                self._postings.freeze()
+
+    def _reorder(self) -> None:
+        """Order tokens by how many items hold them (rarest first) and post every item anew under that order.
+
+        Re-ordering each time the index doubles keeps the order close to the true frequencies at a cost linear
+        in the final size.
+        """
+        doc_freq, order, tie_break = self._doc_freq, self._order, self._tie_break
+        for rank, token in enumerate(sorted(range(len(doc_freq)), key=lambda t: (doc_freq[t], tie_break[t]))):
+            order[token] = rank
+        self._postings = _Postings()
+        for index, code in enumerate(self._codes):
+            self._post(index, code_to_ids(code), bulk=True)
+        self._postings.freeze()
+        self._next_reorder = max(_FIRST_REORDER, 2 * len(self._texts))
+
+    def _post(self, index: int, ids: list[int], bulk: bool = False) -> None:
+        """Post the item under each element of its prefix, in the bucket of its length and the element's place.
+
+        A bucket is ``length * 4 + tier``; the tiers, places ``[0, 2)``, ``[2, middle)`` and ``[middle, prefix)``
+        (``middle`` being what a text of the same length needs), let a probe skip places that cannot hold a match.
+        """
+        length = len(ids)
+        middle, prefix = self._places(length)
+        bucket = length * _TIERS
+        add = self._postings.add_unprobed if bulk else self._postings.add
+        for position, element in enumerate(_prefix_elements(ids, prefix, self._order)):
+            add(element, bucket + (0 if position < _SHARED_PREFIX_OCCURRENCES else 1 if position < middle else 2), index)
+        self._postings.tail_items += 1
+
+    def _places(self, m: int) -> tuple[int, int]:
+        """For items of ``m`` tokens: the middle tier's end and how many elements are posted (see :meth:`_post`).
+
+        The posted prefix is long enough for the least LCS that any text length needs against length ``m``.
+        """
+        places = self._place_cache.get(m)
+        if places is None:
+            least = least_lcs_for_any_length(m, self.threshold)
+            prefix = 0 if least is None else min(m, m - least + _SHARED_PREFIX_OCCURRENCES)
+            same_length = least_lcs_above(self.threshold, m, m)
+            middle = prefix if same_length is None else min(prefix, m - same_length + _SHARED_PREFIX_OCCURRENCES)
+            places = self._place_cache[m] = (middle, prefix)
+        return places
 
     # -- the pruned search (top_k == 0) ------------------------------------------------------------------------------
 
     def _find_match(self, code: str, ids: list[int]) -> tuple[int | None, float]:
         """An indexed item scoring above the threshold against ``ids`` (or None), and the best score verified.
 
-        Why no match is missed. Suppose item ``y`` of length ``m`` has ``F > threshold``; then ``m`` is in the plan
-        and the LCS is at least ``a = min_lcs(m)``, hence so is the multiset overlap of ``x`` and ``y`` (an LCS is a
-        common sub-multiset). Lay the ``n`` token occurrences of ``x`` out in the probe order (distinct tokens by
-        current document frequency, a token's occurrences together; *any* order would do). The last ``a - k``
-        occurrences can contribute at most ``a - k`` to the overlap, so the first ``n - a + k`` contribute at least
-        ``k``: summing ``count_x(t)`` over the tokens ``t`` of ``y`` that start there gives at least ``k``.
-        :meth:`_prefix_postings` visits token ``t`` in bucket ``m`` exactly when it starts there, and ``y`` is in
-        that bucket because every distinct token of every indexed item is posted under the item's length. So
-        ``y`` collects ``hits >= k`` and is verified. Probing only the new item's prefix against complete posting
-        lists is what keeps this exact although the frequency order changes as items arrive.
+        Why no match is missed. Token occurrences are *elements* (the j-th occurrence of a token is its own element,
+        so a multiset is a set), laid out in one global order, rarest first, that changes only when every item is
+        posted anew (:meth:`_reorder`). Suppose item ``y`` of length ``m`` has ``F > threshold``; then ``m`` is in
+        the plan and the LCS is at least ``a = min_lcs(m)``, hence so is the overlap of the element sets of ``x``
+        and ``y`` (an LCS is a common sub-multiset). Let ``c_1 < c_2 < ...`` be the common elements in the global
+        order and ``k = shared <= min(2, a)``. The first ``n - a + k`` elements of ``x`` leave out its last
+        ``a - k``, so they miss at most ``a - k`` common elements, and those are the last ones: ``c_1 .. c_k`` are in
+        that prefix of ``x``. Likewise they are within the first ``m - a + k`` places of ``y``; :meth:`_post` posted
+        ``m - a_any(m) + 2`` places, ``a_any(m) <= a`` being the least LCS any text length needs against length
+        ``m``. The probe (:class:`_ProbePlan`) looks up each element of ``x`` within its first
+        ``n - min_lcs(m) + shared`` places in the tiers of length ``m`` that hold places below
+        ``m - min_lcs(m) + shared``, so ``y`` collects at least ``k`` hits and is verified. Posting only prefixes
+        keeps common tokens' lists short, and a fixed order is what makes that exact (AllPairs/PPJoin's prefix
+        filter on both sides, with the length-aware positional bound).
         """
         n = len(ids)
-        plan = self._plan(n)
-        if not plan.lengths:
+        probe = self._probe_plan(n)
+        if probe is None:
             return None, 0.0
-        shared = min(_SHARED_PREFIX_OCCURRENCES, plan.min_lcs[0])
-        prefix_postings = self._prefix_postings(ids, n, plan, shared)
-        rarest = next(prefix_postings, None)
-        if rarest is None:
-            return None, 0.0
-        # Fast path, not needed for exactness: a near-duplicate nearly always contains the rarest indexed token of
-        # the new text, so verifying that token's items first rejects most duplicates after a handful of LCS calls,
-        # before the posting lists of the other prefix tokens are even looked up.
-        verified = set().union(*rarest)
-        similar_to, best = self._best_of(code, n, list(verified))
+        elements = _prefix_elements(ids, probe.places, self._order)
+        rarest, others = self._postings.candidates(elements, probe)
+        rarest.sort()  # by position: which of equal scores is reported must not depend on how the index is laid out
+        others.sort()
+        # The rarest posted element's items first, not needed for exactness: a near-duplicate nearly always holds
+        # it, so most duplicates are rejected after a few LCS calls.
+        similar_to, best = self._best_of(code, n, rarest)
         if best > self.threshold:
             return similar_to, best
-        hits = Counter(chain.from_iterable(rarest))
-        for buckets in prefix_postings:
-            hits.update(chain.from_iterable(buckets))
-        candidates = [index for index, count in hits.items() if count >= shared and index not in verified]
-        other, other_best = self._best_of(code, n, candidates)
+        other, other_best = self._best_of(code, n, others)
         if other_best > best:
             similar_to, best = other, other_best
         return (similar_to, best) if best > self.threshold else (None, best)
 
-    def _prefix_postings(self, ids: list[int], n: int, plan: LengthPlan, shared: int) -> Iterator[list[list[int]]]:
-        """Per prefix token, rarest first, its posting lists for the lengths whose prefix it is in.
-
-        A token occurring ``w`` times in the new text has its lists repeated ``w`` times, so that counting an item's
-        appearances counts the shared prefix occurrences the proof in :meth:`_find_match` needs.
-        """
-        counts = Counter(ids)
-        smallest_min_lcs, lengths, min_lcs = plan.min_lcs[0], plan.lengths, plan.min_lcs
-        before = 0
-        for token in sorted(counts, key=self._doc_freq.__getitem__):
-            budget = n - before + shared - 1  # bucket m is probed iff before < n - min_lcs(m) + shared
-            if budget < smallest_min_lcs:
-                return
-            before += counts[token]
-            by_length = self._postings.get(token)
-            if by_length is not None:
-                buckets = _buckets_in_range(by_length, lengths, bisect_right(min_lcs, budget))
-                if buckets:
-                    yield buckets * counts[token]
+    def _probe_plan(self, n: int) -> "_ProbePlan | None":
+        probe = self._probe_plans.get(n, _NOT_CACHED)
+        if probe is _NOT_CACHED:
+            plan = self._plan(n)
+            probe = self._probe_plans[n] = _ProbePlan.make(n, plan, self._places) if plan.lengths else None
+        return probe
 
     def _best_of(self, code: str, n: int, batch: list[int]) -> tuple[int | None, float]:
         """The most similar item of ``batch`` and its score (None and 0.0 when empty); the loops run in C."""
         if not batch:
             return None, 0.0
-        commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, batch))
-        scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, batch)))
-        best = max(scores)
-        return batch[scores.index(best)], best
+        if len(batch) < _VECTOR_BATCH:
+            commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, batch))
+            scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, batch)))
+            best = max(scores)
+            return batch[scores.index(best)], best
+        choices = list(map(self._codes.__getitem__, batch))
+        lcs = process.cdist([code], choices, scorer=LCSseq.similarity, dtype=np.int32, workers=1)[0]
+        lengths = np.fromiter(map(self._lengths.__getitem__, batch), dtype=np.int64, count=len(batch))
+        scores = rouge_l_fmeasure_array(lcs, n, lengths)
+        position = int(np.argmax(scores))  # the first maximum, as list.index finds it
+        return batch[position], float(scores[position])
 
     def _plan(self, n: int) -> LengthPlan:
         plan = self._plans.get(n)
@@ -299,14 +364,186 @@ class RougeDedup:
         return Decision(kept=True, score=best, most_similar=most_similar)
 
 
-def _buckets_in_range(by_length: dict[int, list[int]], lengths: tuple[int, ...], count: int) -> list[list[int]]:
-    """The non-empty posting lists of ``by_length`` for ``lengths[:count]``."""
-    if len(by_length) < count:
-        # Rare tokens have few distinct lengths: scanning them beats looking every length up. Plan lengths are
-        # consecutive, so the range test selects the same lists (and were they not, it would only add candidates).
-        shortest, longest = lengths[0], lengths[count - 1]
-        return [items for length, items in by_length.items() if shortest <= length <= longest]
-    return list(filter(None, map(by_length.get, lengths[:count])))
+@dataclass(frozen=True, slots=True)
+class _ProbePlan:
+    """What a text of ``n`` tokens looks up: for its element at place ``b`` (``b < places``), the buckets
+    ``low .. high[b]`` of which ``allowed[b * width + bucket - low]`` holds (see :meth:`RougeDedup._find_match`)."""
+
+    places: int
+    shared: int
+    low: int
+    high: np.ndarray  # int64, by place
+    width: int
+    allowed: np.ndarray  # bool, places x width
+    allowed_sets: tuple[frozenset[int], ...]  # the same buckets per place, for the Python tail
+
+    @classmethod
+    def make(cls, n: int, plan: LengthPlan, places_of: Callable[[int], tuple[int, int]]) -> "_ProbePlan":
+        shared = min(_SHARED_PREFIX_OCCURRENCES, plan.min_lcs[0])
+        places = min(n, n - plan.min_lcs[0] + shared)
+        low = plan.lengths[0] * _TIERS
+        width = (plan.lengths[-1] + 1) * _TIERS - low
+        allowed = np.zeros((places, width), dtype=bool)
+        high = np.zeros(places, dtype=np.int64)
+        sets = []
+        for before in range(places):
+            budget = n - before + shared - 1  # length m is probed iff before < n - min_lcs(m) + shared
+            buckets = []
+            for length, least in zip(plan.lengths, plan.min_lcs):
+                if least > budget:
+                    break
+                reach = length - least + shared  # places of an indexed item that can hold a match
+                middle, _ = places_of(length)
+                tiers = 1 if reach <= _SHARED_PREFIX_OCCURRENCES else 2 if reach <= middle else 3
+                buckets.extend(length * _TIERS + tier for tier in range(tiers))
+            allowed[before, [bucket - low for bucket in buckets]] = True
+            high[before] = max(buckets)
+            sets.append(frozenset(buckets))
+        return cls(places, shared, low, high, width, allowed.ravel(), tuple(sets))
+
+
+class _Postings:
+    """Items posted under (element, bucket): a frozen part in sorted numpy arrays and a tail of Python lists.
+
+    The frozen part is what keeps a probe's cost off the Python heap: its entries are contiguous ints, gathered
+    and counted with a few numpy calls per text. Items posted since the last :meth:`freeze` sit in the tail,
+    which :meth:`freeze` merges in once it holds a fixed share of the index.
+    """
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)  # element << _BUCKET_BITS | bucket, ascending
+        self.items = np.zeros(0, dtype=np.int32)
+        self.tail: dict[int, dict[int, list[int]]] = {}
+        self.tail_items = 0
+        self._tail_keys = array("q")
+        self._tail_entries = array("i")
+
+    def add_unprobed(self, element: int, bucket: int, index: int) -> None:
+        """Add an entry that no probe will look for before the next :meth:`freeze` (a re-ordering's)."""
+        self._tail_keys.append(element << _BUCKET_BITS | bucket)
+        self._tail_entries.append(index)
+
+    def add(self, element: int, bucket: int, index: int) -> None:
+        self._tail_keys.append(element << _BUCKET_BITS | bucket)
+        self._tail_entries.append(index)
+        by_bucket = self.tail.get(element)
+        if by_bucket is None:
+            self.tail[element] = {bucket: [index]}
+        else:
+            items = by_bucket.get(bucket)
+            if items is None:
+                by_bucket[bucket] = [index]
+            else:
+                items.append(index)
+
+    def freeze(self) -> None:
+        """Merge the tail into the sorted arrays (a sort of the tail and one insert: linear in the index)."""
+        tail_keys = np.frombuffer(self._tail_keys, dtype=np.int64)
+        tail_items = np.frombuffer(self._tail_entries, dtype=np.int32)
+        order = np.argsort(tail_keys, kind="stable")
+        tail_keys, tail_items = tail_keys[order], tail_items[order]
+        # After the equal keys already there: within a bucket, items stay in the order they were indexed.
+        at = self.keys.searchsorted(tail_keys, side="right")
+        self.keys, self.items = np.insert(self.keys, at, tail_keys), np.insert(self.items, at, tail_items)
+        self.tail, self.tail_items = {}, 0
+        self._tail_keys, self._tail_entries = array("q"), array("i")
+
+    def candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
+        """The items posted under the rarest element that has any, and the other items with ``shared`` hits."""
+        rarest, others = self._frozen_candidates(elements, probe)
+        if self.tail:
+            tail_rarest, tail_others = self._tail_candidates(elements, probe)
+            rarest, others = rarest + tail_rarest, others + tail_others
+        return rarest, others
+
+    def _frozen_candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
+        if not self.keys.size or not elements:
+            return [], []
+        shifted = np.array(elements, dtype=np.int64) << _BUCKET_BITS
+        starts = self.keys.searchsorted(shifted | probe.low)
+        ends = self.keys.searchsorted(shifted | probe.high[: len(elements)], side="right")
+        counts = ends - starts
+        total = int(counts.sum())
+        if not total:
+            return [], []
+        # A ragged gather: the entries starts[i] .. ends[i] of every element i, in one array.
+        places = np.repeat(np.arange(len(elements)), counts)
+        entries = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+        buckets = (self.keys[entries] & _BUCKET_MASK) - probe.low
+        kept = probe.allowed[places * probe.width + buckets]
+        items, places = self.items[entries[kept]], places[kept]
+        if not items.size:
+            return [], []
+        first = places == places[0]
+        rarest = items[first]
+        rest = items[~first]
+        if probe.shared == 1:
+            others = np.unique(rest)
+        else:
+            # An item has one bucket per element, so its count is the number of prefix elements it shares.
+            unique, hits = np.unique(items, return_counts=True)
+            others = unique[hits >= probe.shared]
+        rarest_items = rarest.tolist()
+        if len(rarest_items) < 8:
+            exclude = set(rarest_items)
+            return rarest_items, [item for item in others.tolist() if item not in exclude]
+        return rarest_items, np.setdiff1d(others, rarest, assume_unique=True).tolist()
+
+    def _tail_candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
+        seen: set[int] = set()
+        twice: set[int] = set()
+        rarest: set[int] | None = None
+        for element, allowed in zip(elements, probe.allowed_sets):
+            by_bucket = self.tail.get(element)
+            if by_bucket is None:
+                continue
+            if len(by_bucket) < len(allowed):
+                found = set().union(*[items for bucket, items in by_bucket.items() if bucket in allowed])
+            else:
+                found = set().union(*filter(None, map(by_bucket.get, allowed)))
+            if not found:
+                continue
+            if rarest is None:
+                rarest = found
+            twice |= seen & found
+            seen |= found
+        if rarest is None:
+            return [], []
+        others = (seen if probe.shared == 1 else twice) - rarest
+        return list(rarest), list(others)
+
+
+def _prefix_elements(ids: list[int], count: int, order: list[int]) -> list[int]:
+    """The first ``count`` elements of ``ids`` in the global ``order`` (by token id), a token's occurrences in turn.
+
+    An element is ``token | occurrence << 21`` (token ids stay below 2**21), so the j-th occurrence of a token is
+    distinct from the others and from every other token's (the first occurrence is the token id itself).
+    """
+    if count <= 0:
+        return []
+    tokens = sorted(set(ids), key=order.__getitem__)
+    if len(tokens) == len(ids):
+        return tokens[:count]
+    occurrences = Counter(ids)
+    elements = []
+    for token in tokens:
+        elements.append(token)
+        repeats = occurrences[token]
+        if repeats > 1:
+            elements.extend([token | occurrence << _OCCURRENCE_SHIFT for occurrence in range(1, repeats)])
+        if len(elements) >= count:
+            break
+    return elements[:count]
+
+
+def _token_key(token: str) -> int:
+    """A 63-bit number from the token's text (a stable hash: Python's own ``hash`` changes with each process)."""
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+def code_to_ids(code: str) -> list[int]:
+    """The token ids :func:`ids_to_code` made ``code`` from."""
+    return [o - _SURROGATES_SIZE if o >= _SURROGATES_START + _SURROGATES_SIZE else o for o in map(ord, code)]
 
 
 def ids_to_code(ids: list[int], vocab_size: int) -> str:

@@ -65,9 +65,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.write("\n")
 
 
+#: ``json.dumps(value, ensure_ascii=False)`` without building an encoder per call (the same output).
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
     """Records as UTF-8 JSON lines (non-ASCII kept as is, so Hangul stays readable)."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    return "".join([_encode(r) + "\n" for r in records]).encode("utf-8")
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> None:

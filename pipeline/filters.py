@@ -63,10 +63,22 @@ class BlacklistFilter(Filter):
             else:
                 pattern = re.compile(re.escape(word))
             self.patterns.append((word, pattern))
+        # Cheap gates before the regexes (most instructions hold none of the words): a non-Latin word's pattern is
+        # the word itself, so a substring test decides it; in an ASCII instruction, a Latin word can only match
+        # where each of its tokens occurs in the lowercased text. A text that passes a gate is searched as before,
+        # word by word in list order, so the reported word is the same.
+        self._tokens = [tuple(word.lower().split()) if word.isascii() else None for word, _ in self.patterns]
 
     def check(self, record: Record) -> Drop | None:
-        for word, pattern in self.patterns:
-            if pattern.search(record.instruction):
+        text = record.instruction
+        lower = text.lower() if text.isascii() else None
+        for (word, pattern), tokens in zip(self.patterns, self._tokens):
+            if tokens is None:
+                if word in text:
+                    return Drop("blacklist", word)
+            elif lower is not None and not all(token in lower for token in tokens):
+                continue
+            elif pattern.search(text):
                 return Drop("blacklist", word)
         return None
 

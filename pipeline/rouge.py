@@ -78,3 +78,14 @@ def least_lcs_above(threshold: float, m: int, n: int) -> int | None:
     while lcs <= shortest and not rouge_l_fmeasure(lcs, n, m) > threshold:
         lcs += 1
     return lcs if lcs <= shortest else None
+
+
+def least_lcs_for_any_length(m: int, threshold: float) -> int | None:
+    """The least LCS with which an item of ``m`` tokens exceeds ``threshold`` against a text of *any* length.
+
+    Every length that can match at all is scanned (the range of :func:`length_plan`, by symmetry), so float
+    rounding at ties cannot make the answer too large.
+    """
+    longest = int(2 * m / threshold) + 2
+    candidates = [least for n in range(1, longest + 1) if (least := least_lcs_above(threshold, m, n)) is not None]
+    return min(candidates, default=None)

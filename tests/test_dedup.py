@@ -136,6 +136,60 @@ def test_top_k_equals_brute_force(corpus: tuple[list[str], list[str]], threshold
             assert scores[decision.similar_to] == decision.score > threshold
 
 
+MANY_WORDS = [f"w{i}" for i in range(40)]
+
+
+@st.composite
+def long_corpora(draw: st.DrawFn) -> list[str]:
+    """Longer texts over a wider vocabulary, half of them edited copies: prefixes are then a real part of a text."""
+    bases = draw(st.lists(st.lists(st.sampled_from(MANY_WORDS), min_size=4, max_size=40), min_size=1, max_size=6))
+    items = []
+    for _ in range(draw(st.integers(20, 60))):
+        if draw(st.booleans()):
+            items.append(draw(st.lists(st.sampled_from(MANY_WORDS), max_size=40)))
+        else:
+            items.append(_mutate(draw, list(draw(st.sampled_from(bases))), MANY_WORDS))
+    return [" ".join(item) for item in items]
+
+
+@PROPERTY_SETTINGS
+@given(texts=long_corpora(), threshold=st.sampled_from([0.7, 0.5, 0.85]), seeds=st.integers(0, 5))
+def test_numpy_postings_reorders_and_tail_keep_decisions_exact(texts: list[str], threshold: float, seeds: int,
+                                                               monkeypatch_module) -> None:
+    """With re-ordering and freezing every few items, every path of the index is taken on a small corpus."""
+    dedup = RougeDedup(threshold=threshold)
+    dedup.add_seeds(texts[:seeds])
+    assert_matches_reference(dedup, texts[:seeds], texts[seeds:], threshold)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipeline.dedup._FIRST_REORDER", 8)
+        patch.setattr("pipeline.dedup._MIN_TAIL", 3)
+        yield patch
+
+
+def test_thousands_of_near_copies_decide_as_scoring_every_pair() -> None:
+    """At the default settings (numpy postings past the first re-order), decisions equal the exhaustive scorer's."""
+    rng = np.random.default_rng(7)
+    vocabulary = [f"t{i}" for i in range(300)]
+    items: list[list[str]] = []
+    for _ in range(3000):
+        if items and rng.random() < 0.4:
+            tokens = list(items[int(rng.integers(len(items)))])
+            for _ in range(int(rng.integers(1, 5))):
+                position = int(rng.integers(len(tokens)))
+                tokens[position] = vocabulary[int(rng.zipf(1.3)) % len(vocabulary)]
+        else:
+            tokens = [vocabulary[int(rng.zipf(1.3)) % len(vocabulary)] for _ in range(int(rng.integers(6, 30)))]
+        items.append(tokens)
+    texts = [" ".join(tokens) for tokens in items]
+    exhaustive = [d.kept for d in RougeDedup(top_k=1).add_many(texts)]
+    assert 0.2 < sum(exhaustive) / len(texts) < 0.9  # both kinds of decision are exercised
+    assert [d.kept for d in RougeDedup().add_many(texts)] == exhaustive
+
+
 def test_add_one_by_one_equals_add_many() -> None:
     texts = ["alpha beta gamma delta", "alpha beta gamma", "delta gamma beta alpha", "alpha beta gamma delta eps"]
     for top_k in (0, 2):

@@ -98,6 +98,22 @@ def test_blacklist_ignores_blank_words():
     assert f.check(c("Summarise this text for me please.")) is None
 
 
+@pytest.mark.parametrize("instruction", [
+    "Draw a MAP of the town.", "Plot the data, then go\tto the next file.", "GO  TO the store", "Go to\u2028bed",
+    "Describe the \u212aelvin scale and its images.",  # Kelvin sign: a non-ASCII text takes the regexes
+    "Name the muſic genre.", "Profile the mapping of this remap.", "Explain the graphing of goto statements.",
+    "지도를 보고 길을 설명하세요.", "이 image를 설명하세요.", "다음 문장을 요약하세요.", "Summarise: no banned word here.",
+    "Paint a picture-perfect scene.", "Describe diagrams", "",
+])
+def test_blacklist_gates_decide_as_the_word_patterns_alone(instruction):
+    """The substring gates before the regexes only skip searches that cannot match: the verdict, and the word it
+    names (the list's first match), are those of searching every word's pattern in order."""
+    f = BlacklistFilter(DEFAULT_BLACKLIST_KO + DEFAULT_BLACKLIST_EN + ["go to"])
+    expected = next((word for word, pattern in f.patterns if pattern.search(instruction)), None)
+    verdict = f.check(c(instruction))
+    assert (verdict.detail if verdict else None) == expected
+
+
 # ---- openings, punctuation, language -------------------------------------------------------------------------------
 def test_program_opening():
     f = ProgramOpeningFilter()

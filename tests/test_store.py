@@ -259,3 +259,34 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
     write_json_atomic(path, [])
     (tmp_path / "plain").write_text("x")
     assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def test_buffered_appends_are_on_disk_at_each_commit_and_a_kill_keeps_the_last_commit(tmp_path):
+    """append() only buffers (no write per request); commit() must still put every appended byte on disk before
+    run.json names its length, and a process killed (no close, no flush) between commits resumes at the last one."""
+    script = textwrap.dedent(f"""
+        import json, os
+        from pipeline.store import RunStore
+        store = RunStore({str(tmp_path)!r})
+        store.open()
+        for i in range(3):
+            store.append([{{"instruction": f"accepted {{i}}"}}], [{{"reason": f"rejected {{i}}"}}])
+        store.commit(3)
+        sizes = [os.path.getsize(os.path.join({str(tmp_path)!r}, n)) for n in ("accepted.jsonl", "rejected.jsonl")]
+        meta = json.load(open(os.path.join({str(tmp_path)!r}, "run.json")))["progress"]
+        assert sizes == [meta["accepted_bytes"], meta["rejected_bytes"]] and min(sizes) > 0, (sizes, meta)
+        for i in range(3, 5):
+            store.append([{{"instruction": f"accepted {{i}}"}}], [{{"reason": f"rejected {{i}}"}}])
+        os.write(1, b"appended\\n")
+        os._exit(9)  # a kill: buffers are neither flushed nor committed
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 9 and "appended" in result.stdout, result.stderr
+    with RunStore(tmp_path) as store:
+        meta = store.meta
+        assert meta["progress"]["next_request_index"] == 3
+        assert [r["instruction"] for r in store.accepted_records()] == ["accepted 0", "accepted 1", "accepted 2"]
+        assert [r["reason"] for r in read_jsonl(tmp_path / REJECTED)] == ["rejected 0", "rejected 1", "rejected 2"]
+        store.append([{"instruction": "accepted 3"}], [])
+        store.commit(4)
+    assert [r["instruction"] for r in read_jsonl(tmp_path / ACCEPTED)][-1] == "accepted 3"
