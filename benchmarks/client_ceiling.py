@@ -94,18 +94,6 @@ def mode_ours(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def request_kwargs(config, prompt, response_format) -> dict[str, Any]:
-    """Exactly what pipeline.llm.LLMClient.complete sends."""
-    cfg = config.llm
-    kwargs: dict[str, Any] = dict(
-        model=cfg.model, messages=[{"role": "user", "content": prompt.text}], temperature=cfg.temperature,
-        top_p=cfg.top_p, max_tokens=cfg.max_tokens, n=1, seed=prompt.sampling_seed,
-    )
-    if response_format is not None:
-        kwargs["response_format"] = response_format
-    return kwargs
-
-
 async def _fire(base_url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
     import openai
 
@@ -128,6 +116,8 @@ def mode_bare(args: argparse.Namespace) -> dict[str, Any]:
 
     config = make_config(args.base_url, args.target, args.concurrency, Path(args.workdir), "bare")
     run = GenerationRun(config)  # prompts and response_format as ours builds them; opens nothing
+    from generation_throughput import request_kwargs  # what LLMClient sends, shared with that benchmark
+
     requests = [request_kwargs(config, run.builder.render(i), run.response_format) for i in range(args.requests)]
     cpu = time.process_time()
     started = time.perf_counter()
