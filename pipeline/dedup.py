@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from array import array
 import logging
 import sys
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -116,7 +116,8 @@ class RougeDedup:
         self._probe_plans: dict[int, _ProbePlan | None] = {}
         self._doc_freq: list[int] = []  # by token id: how many indexed items contain the token
         # By token id: the token's place in the global order (see _find_match), lowest first. It is fixed between
-        # re-orderings, which re-post every item; new tokens go first (a token first seen late is rare).
+        # re-orderings, which re-post every item; tokens new since the last one go first (a late token is rare),
+        # among themselves in the order of their tie-break numbers.
         self._order: list[int] = []
         # By token id: a number from the token's text alone. Token ids depend on every text ever encoded (rejected
         # ones too), so the order must not: a resumed run, which encodes only what was kept, must rebuild the same.
@@ -240,7 +241,7 @@ class RougeDedup:
     def _post(self, index: int, ids: list[int], bulk: bool = False) -> None:
         """Post the item under each element of its prefix, in the bucket of its length and the element's place.
 
-        A bucket is ``length * 4 + tier``; the tiers, places ``[0, 2)``, ``[2, middle)`` and ``[middle, prefix)``
+        A bucket is ``length * 4 + tier``; the tiers, places ``[0, K)``, ``[K, middle)`` and ``[middle, prefix)``
         (``middle`` being what a text of the same length needs), let a probe skip places that cannot hold a match.
         """
         length = len(ids)
@@ -275,10 +276,10 @@ class RougeDedup:
         posted anew (:meth:`_reorder`). Suppose item ``y`` of length ``m`` has ``F > threshold``; then ``m`` is in
         the plan and the LCS is at least ``a = min_lcs(m)``, hence so is the overlap of the element sets of ``x``
         and ``y`` (an LCS is a common sub-multiset). Let ``c_1 < c_2 < ...`` be the common elements in the global
-        order and ``k = shared <= min(2, a)``. The first ``n - a + k`` elements of ``x`` leave out its last
+        order and ``k = shared <= min(K, a)``, ``K`` being ``_SHARED_PREFIX_OCCURRENCES``. The first ``n - a + k`` elements of ``x`` leave out its last
         ``a - k``, so they miss at most ``a - k`` common elements, and those are the last ones: ``c_1 .. c_k`` are in
         that prefix of ``x``. Likewise they are within the first ``m - a + k`` places of ``y``; :meth:`_post` posted
-        ``m - a_any(m) + 2`` places, ``a_any(m) <= a`` being the least LCS any text length needs against length
+        ``m - a_any(m) + K`` places, ``a_any(m) <= a`` being the least LCS any text length needs against length
         ``m``. The probe (:class:`_ProbePlan`) looks up each element of ``x`` within its first
         ``n - min_lcs(m) + shared`` places in the tiers of length ``m`` that hold places below
         ``m - min_lcs(m) + shared``, so ``y`` collects at least ``k`` hits and is verified. Posting only prefixes
