@@ -66,6 +66,11 @@ class LLMConfig(_Model):
         "0 means 4 x max_concurrency.",
     )
     request_timeout_s: float = Field(300.0, gt=0, description="Seconds before one HTTP request is abandoned and retried.")
+    keepalive_expiry_s: float = Field(
+        2.0, gt=0,
+        description="Seconds an idle pooled connection is kept for reuse. Keep it below the server's keep-alive (vLLM's "
+        "and uvicorn's default: 5 s): a connection reused just as the server closes it fails the request.",
+    )
     max_retries: int = Field(
         6, ge=0, le=100, description="Retries per request on 429, 5xx, connection errors and timeouts, with exponential backoff."
     )

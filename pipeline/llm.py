@@ -102,6 +102,13 @@ class LLMClient:
                     api_key=config.api_key.get_secret_value(),
                     max_retries=0,  # retries are ours: backoff, jitter and endpoint rotation
                     timeout=timeout,
+                    http_client=openai.DefaultAsyncHttpxClient(
+                        timeout=timeout,
+                        # openai's own limits, but idle connections dropped before the server drops them
+                        limits=httpx.Limits(
+                            max_connections=1000, max_keepalive_connections=100, keepalive_expiry=config.keepalive_expiry_s
+                        ),
+                    ),
                 ),
             )
             for url in urls

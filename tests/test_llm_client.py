@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -27,8 +28,9 @@ OK_BODY = {
 class ScriptedServer:
     """Answers POSTs from a script of (status, headers); the last entry repeats. Counts requests."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str]]]):
+    def __init__(self, script: list[tuple[int, dict[str, str]]], keepalive_s: float | None = None):
         self.script, self.requests, self.lock = list(script), 0, threading.Lock()
+        self.connections, self.dropped = 0, 0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,8 +39,21 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                self.answered_at: float | None = None
+                with fake.lock:
+                    fake.connections += 1
+
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
+                if keepalive_s is not None and self.answered_at is not None and time.monotonic() - self.answered_at >= keepalive_s:
+                    # The server's keep-alive timer fired as the request arrived (uvicorn: same loop turn): the
+                    # connection is closed with the request unanswered.
+                    with fake.lock:
+                        fake.dropped += 1
+                    self.close_connection = True
+                    return
                 with fake.lock:
                     status, headers = fake.script[min(fake.requests, len(fake.script) - 1)]
                     fake.requests += 1
@@ -50,6 +65,7 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                self.answered_at = time.monotonic()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -154,3 +170,30 @@ def test_every_endpoint_down_probes_the_one_that_waited_longest_and_fails_after_
     # it alternates, probing whichever went down first.
     assert [e["requests"] for e in summary] == [2, 2]
     assert len(sleeps) == 3 and all(delay <= config.backoff_max_s for delay in sleeps)
+
+
+@pytest.mark.parametrize("expiry, faults", [(None, {}), (5.0, {"connection_error": 1})], ids=["default", "httpx-5s"])
+def test_idle_connections_are_dropped_before_the_server_closes_them(expiry, faults, sleeps):
+    """A connection idle for nearly the server's keep-alive (vLLM/uvicorn: 5 s) may be closed by the server just as
+    the next request goes out on it: that request fails with no answer. The client must stop reusing idle
+    connections well before that. Scaled down here: the server's window opens at 1 s idle; the client waits 1.2 s.
+    httpx's own 5 s expiry reuses the connection and loses the request (the contrast shows the server bites)."""
+    config = _config() if expiry is None else _config(keepalive_expiry_s=expiry)
+    if expiry is None:
+        config = config.model_copy(update={"keepalive_expiry_s": config.keepalive_expiry_s / 4})  # 0.5 s, as 2 s is to 5 s
+
+    async def go(url):
+        client = LLMClient(config, [url])
+        try:
+            await client.complete(0, "prompt", 1)
+            await asyncio.sleep(1.2)
+            await client.complete(1, "prompt", 2)
+            return client
+        finally:
+            await client.aclose()
+
+    with ScriptedServer([(200, {})], keepalive_s=1.0) as server:
+        client = asyncio.run(go(server.url))
+    assert dict(client.stats.faults) == faults
+    assert server.connections == 2 and server.dropped == len(faults)
+    assert LLMConfig(model="m").keepalive_expiry_s < 5.0
