@@ -9,7 +9,8 @@ only runs the LCS on pairs that can possibly exceed the threshold:
   exceed the threshold are looked at;
 * **prefix filter** (AllPairs/PPJoin): ``LCS <= multiset overlap``, so a match must share at least ``k`` token
   occurrences with the ``n - alpha + k`` rarest of the new item, ``alpha`` being the least LCS that exceeds the
-  threshold for the candidate's length (``k = 2`` here); an inverted index by token and length finds those items;
+  threshold for the candidate's length (``k = 4`` here); an inverted index by token and length
+  (:mod:`pipeline.postings`, compiled with numba) finds those items;
 * **verification**: the surviving pairs get their LCS from rapidfuzz (C++, bit-parallel), and the final score is
   rouge-score's own float formula, so ties at exactly the threshold fall the same way.
 
@@ -24,8 +25,6 @@ import json
 import logging
 import sys
 import time
-from array import array
-from collections import Counter
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -37,6 +36,7 @@ from rapidfuzz.distance import LCSseq
 
 from pipeline.curation import Step
 from pipeline.files import read_json_values, write_jsonl_atomic
+from pipeline.postings import Postings
 from pipeline.records import Drop, Record
 from pipeline.rouge import (
     ALPACA_THRESHOLD, LengthPlan, least_lcs_above, least_lcs_for_any_length, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array,
@@ -53,14 +53,9 @@ _MAX_VOCAB_SIZE = 0x110000 - _SURROGATES_SIZE
 _EXHAUSTIVE_CHUNK = 128
 _PARALLEL_LCS_PAIRS = 200_000
 _SHARED_PREFIX_OCCURRENCES = 4  # k: a match shares k elements of both prefixes; more prunes better, up to a point
-_OCCURRENCE_SHIFT = 21  # above any token id (< 0x110000)
 _TIERS = 4  # a bucket is length * _TIERS + tier (three tiers used)
-_BUCKET_BITS = 24
-_BUCKET_MASK = (1 << _BUCKET_BITS) - 1
 _NOT_CACHED = object()
 _FIRST_REORDER = 1024
-_MIN_TAIL = 1024  # items in the Python tail before it is merged into the numpy arrays
-_TAIL_FRACTION = 32  # ... or this share of the index, whichever is more
 _VECTOR_BATCH = 24  # from this many candidates on, one cdist call beats a Python loop of LCS calls
 
 
@@ -107,7 +102,7 @@ class RougeDedup:
         self._tokenize = get_tokenizer(tokenizer)
         self._warned_hangul = tokenizer != "rouge"
         self._vocab: dict[str, int] = {}
-        self._postings = _Postings()
+        self._postings = Postings()
         self._texts: list[str] = []
         self._codes: list[str] = []  # token ids as code points, per indexed item
         self._lengths: list[int] = []
@@ -118,7 +113,7 @@ class RougeDedup:
         # By token id: the token's place in the global order (see _find_match), lowest first. It is fixed between
         # re-orderings, which re-post every item; tokens new since the last one go first (a late token is rare),
         # among themselves in the order of their tie-break numbers.
-        self._order: list[int] = []
+        self._order = np.zeros(1024, dtype=np.int64)  # capacity; the first len(self._tie_break) are tokens' places
         # By token id: a number from the token's text alone. Token ids depend on every text ever encoded (rejected
         # ones too), so the order must not: a resumed run, which encodes only what was kept, must rebuild the same.
         self._tie_break: list[int] = []
@@ -137,7 +132,7 @@ class RougeDedup:
         """Index ``texts`` unconditionally: seeds are always kept, even when they resemble each other.
 
         Also how a resumed run rebuilds its index. The texts are indexed one by one, as a run indexes what it
-        keeps, so that the index (its token order and what sits in its tail) is the same as it was at the same
+        keeps, so that the index (its token order, re-made as it doubles) is the same as it was at the same
         point of an uninterrupted run, and so are the kept records' ``score`` lower bounds.
         """
         for text in texts:
@@ -202,11 +197,15 @@ class RougeDedup:
             vocab = self._vocab
             ids = [vocab.setdefault(token, len(vocab)) for token in tokens]
             self._doc_freq.extend([0] * (len(vocab) - len(self._doc_freq)))
-            new_tokens = list(vocab)[len(self._order):] if len(vocab) - len(self._order) > 64 else \
-                [token for token in dict.fromkeys(tokens) if vocab[token] >= len(self._order)]
+            known = len(self._tie_break)
+            new_tokens = list(vocab)[known:] if len(vocab) - known > 64 else \
+                [token for token in dict.fromkeys(tokens) if vocab[token] >= known]
+            if len(vocab) > self._order.size:
+                self._order = np.concatenate([self._order, np.zeros(max(len(vocab), self._order.size), np.int64)])
             for token in new_tokens:
-                self._tie_break.append(_token_key(token))
-                self._order.append(-1 - self._tie_break[-1])
+                key = _token_key(token)
+                self._order[vocab[token]] = -1 - key
+                self._tie_break.append(key)
         return ids_to_code(ids, len(self._vocab)), ids
 
     def _index(self, text: str, code: str, ids: list[int]) -> None:
@@ -220,8 +219,6 @@ class RougeDedup:
             self._reorder()
         else:
             self._post(len(self._texts) - 1, ids)
-            if self._postings.tail_items >= max(_MIN_TAIL, len(self._texts) // _TAIL_FRACTION):
-                self._postings.freeze()
 
     def _reorder(self) -> None:
         """Order tokens by how many items hold them (rarest first) and post every item anew under that order.
@@ -229,16 +226,16 @@ class RougeDedup:
         Re-ordering each time the index doubles keeps the order close to the true frequencies at a cost linear
         in the final size.
         """
-        doc_freq, order, tie_break = self._doc_freq, self._order, self._tie_break
-        for rank, token in enumerate(sorted(range(len(doc_freq)), key=lambda t: (doc_freq[t], tie_break[t]))):
-            order[token] = rank
-        self._postings = _Postings()
+        doc_freq, tie_break = self._doc_freq, self._tie_break
+        ranked = sorted(range(len(doc_freq)), key=lambda t: (doc_freq[t], tie_break[t]))
+        self._order[np.asarray(ranked, dtype=np.int64)] = np.arange(len(ranked), dtype=np.int64)
+        self._postings.clear()
         for index, code in enumerate(self._codes):
-            self._post(index, code_to_ids(code), bulk=True)
+            self._post(index, code_to_ids(code))
         self._postings.freeze()
         self._next_reorder = max(_FIRST_REORDER, 2 * len(self._texts))
 
-    def _post(self, index: int, ids: list[int], bulk: bool = False) -> None:
+    def _post(self, index: int, ids: list[int]) -> None:
         """Post the item under each element of its prefix, in the bucket of its length and the element's place.
 
         A bucket is ``length * 4 + tier``; the tiers, places ``[0, K)``, ``[K, middle)`` and ``[middle, prefix)``
@@ -246,11 +243,7 @@ class RougeDedup:
         """
         length = len(ids)
         middle, prefix = self._places(length)
-        bucket = length * _TIERS
-        add = self._postings.add_unprobed if bulk else self._postings.add
-        for position, element in enumerate(_prefix_elements(ids, prefix, self._order)):
-            add(element, bucket + (0 if position < _SHARED_PREFIX_OCCURRENCES else 1 if position < middle else 2), index)
-        self._postings.tail_items += 1
+        self._postings.post(index, ids, prefix, self._order, length * _TIERS, _SHARED_PREFIX_OCCURRENCES, middle)
 
     def _places(self, m: int) -> tuple[int, int]:
         """For items of ``m`` tokens: the middle tier's end and how many elements are posted (see :meth:`_post`).
@@ -290,10 +283,9 @@ class RougeDedup:
         probe = self._probe_plan(n)
         if probe is None:
             return None, 0.0
-        elements = _prefix_elements(ids, probe.places, self._order)
-        rarest, others = self._postings.candidates(elements, probe)
-        rarest.sort()  # by position: which of equal scores is reported must not depend on how the index is laid out
-        others.sort()
+        # Both ascending: which of equal scores is reported must not depend on how the index is laid out.
+        rarest, others = self._postings.candidates(ids, probe.places, self._order,
+                                                   probe.low, probe.width, probe.high, probe.allowed, probe.shared)
         # The rarest posted element's items first, not needed for exactness: a near-duplicate nearly always holds
         # it, so most duplicates are rejected after a few LCS calls.
         similar_to, best = self._best_of(code, n, rarest)
@@ -376,7 +368,6 @@ class _ProbePlan:
     high: np.ndarray  # int64, by place
     width: int
     allowed: np.ndarray  # bool, places x width
-    allowed_sets: tuple[frozenset[int], ...]  # the same buckets per place, for the Python tail
 
     @classmethod
     def make(cls, n: int, plan: LengthPlan, places_of: Callable[[int], tuple[int, int]]) -> "_ProbePlan":
@@ -386,7 +377,6 @@ class _ProbePlan:
         width = (plan.lengths[-1] + 1) * _TIERS - low
         allowed = np.zeros((places, width), dtype=bool)
         high = np.zeros(places, dtype=np.int64)
-        sets = []
         for before in range(places):
             budget = n - before + shared - 1  # length m is probed iff before < n - min_lcs(m) + shared
             buckets = []
@@ -399,142 +389,7 @@ class _ProbePlan:
                 buckets.extend(length * _TIERS + tier for tier in range(tiers))
             allowed[before, [bucket - low for bucket in buckets]] = True
             high[before] = max(buckets)
-            sets.append(frozenset(buckets))
-        return cls(places, shared, low, high, width, allowed.ravel(), tuple(sets))
-
-
-class _Postings:
-    """Items posted under (element, bucket): a frozen part in sorted numpy arrays and a tail of Python lists.
-
-    The frozen part is what keeps a probe's cost off the Python heap: its entries are contiguous ints, gathered
-    and counted with a few numpy calls per text. Items posted since the last :meth:`freeze` sit in the tail,
-    which :meth:`freeze` merges in once it holds a fixed share of the index.
-    """
-
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, dtype=np.int64)  # element << _BUCKET_BITS | bucket, ascending
-        self.items = np.zeros(0, dtype=np.int32)
-        self.tail: dict[int, dict[int, list[int]]] = {}
-        self.tail_items = 0
-        self._tail_keys = array("q")
-        self._tail_entries = array("i")
-
-    def add_unprobed(self, element: int, bucket: int, index: int) -> None:
-        """Add an entry that no probe will look for before the next :meth:`freeze` (a re-ordering's)."""
-        self._tail_keys.append(element << _BUCKET_BITS | bucket)
-        self._tail_entries.append(index)
-
-    def add(self, element: int, bucket: int, index: int) -> None:
-        self._tail_keys.append(element << _BUCKET_BITS | bucket)
-        self._tail_entries.append(index)
-        by_bucket = self.tail.get(element)
-        if by_bucket is None:
-            self.tail[element] = {bucket: [index]}
-        else:
-            items = by_bucket.get(bucket)
-            if items is None:
-                by_bucket[bucket] = [index]
-            else:
-                items.append(index)
-
-    def freeze(self) -> None:
-        """Merge the tail into the sorted arrays (a sort of the tail and one insert: linear in the index)."""
-        tail_keys = np.frombuffer(self._tail_keys, dtype=np.int64)
-        tail_items = np.frombuffer(self._tail_entries, dtype=np.int32)
-        order = np.argsort(tail_keys, kind="stable")
-        tail_keys, tail_items = tail_keys[order], tail_items[order]
-        # After the equal keys already there: within a bucket, items stay in the order they were indexed.
-        at = self.keys.searchsorted(tail_keys, side="right")
-        self.keys, self.items = np.insert(self.keys, at, tail_keys), np.insert(self.items, at, tail_items)
-        self.tail, self.tail_items = {}, 0
-        self._tail_keys, self._tail_entries = array("q"), array("i")
-
-    def candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
-        """The items posted under the rarest element that has any, and the other items with ``shared`` hits."""
-        rarest, others = self._frozen_candidates(elements, probe)
-        if self.tail:
-            tail_rarest, tail_others = self._tail_candidates(elements, probe)
-            rarest, others = rarest + tail_rarest, others + tail_others
-        return rarest, others
-
-    def _frozen_candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
-        if not self.keys.size or not elements:
-            return [], []
-        shifted = np.array(elements, dtype=np.int64) << _BUCKET_BITS
-        starts = self.keys.searchsorted(shifted | probe.low)
-        ends = self.keys.searchsorted(shifted | probe.high[: len(elements)], side="right")
-        counts = ends - starts
-        total = int(counts.sum())
-        if not total:
-            return [], []
-        # A ragged gather: the entries starts[i] .. ends[i] of every element i, in one array.
-        places = np.repeat(np.arange(len(elements)), counts)
-        entries = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
-        buckets = (self.keys[entries] & _BUCKET_MASK) - probe.low
-        kept = probe.allowed[places * probe.width + buckets]
-        items, places = self.items[entries[kept]], places[kept]
-        if not items.size:
-            return [], []
-        first = places == places[0]
-        rarest = items[first]
-        rest = items[~first]
-        if probe.shared == 1:
-            others = np.unique(rest)
-        else:
-            # An item has one bucket per element, so its count is the number of prefix elements it shares.
-            unique, hits = np.unique(items, return_counts=True)
-            others = unique[hits >= probe.shared]
-        rarest_items = rarest.tolist()
-        if len(rarest_items) < 8:
-            exclude = set(rarest_items)
-            return rarest_items, [item for item in others.tolist() if item not in exclude]
-        return rarest_items, np.setdiff1d(others, rarest, assume_unique=True).tolist()
-
-    def _tail_candidates(self, elements: list[int], probe: _ProbePlan) -> tuple[list[int], list[int]]:
-        seen: set[int] = set()
-        twice: set[int] = set()
-        rarest: set[int] | None = None
-        for element, allowed in zip(elements, probe.allowed_sets):
-            by_bucket = self.tail.get(element)
-            if by_bucket is None:
-                continue
-            if len(by_bucket) < len(allowed):
-                found = set().union(*[items for bucket, items in by_bucket.items() if bucket in allowed])
-            else:
-                found = set().union(*filter(None, map(by_bucket.get, allowed)))
-            if not found:
-                continue
-            if rarest is None:
-                rarest = found
-            twice |= seen & found
-            seen |= found
-        if rarest is None:
-            return [], []
-        others = (seen if probe.shared == 1 else twice) - rarest
-        return list(rarest), list(others)
-
-
-def _prefix_elements(ids: list[int], count: int, order: list[int]) -> list[int]:
-    """The first ``count`` elements of ``ids`` in the global ``order`` (by token id), a token's occurrences in turn.
-
-    An element is ``token | occurrence << 21`` (token ids stay below 2**21), so the j-th occurrence of a token is
-    distinct from the others and from every other token's (the first occurrence is the token id itself).
-    """
-    if count <= 0:
-        return []
-    tokens = sorted(set(ids), key=order.__getitem__)
-    if len(tokens) == len(ids):
-        return tokens[:count]
-    occurrences = Counter(ids)
-    elements = []
-    for token in tokens:
-        elements.append(token)
-        repeats = occurrences[token]
-        if repeats > 1:
-            elements.extend([token | occurrence << _OCCURRENCE_SHIFT for occurrence in range(1, repeats)])
-        if len(elements) >= count:
-            break
-    return elements[:count]
+        return cls(places, shared, low, high, width, allowed.ravel())
 
 
 def _token_key(token: str) -> int:

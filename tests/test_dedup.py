@@ -154,9 +154,10 @@ def long_corpora(draw: st.DrawFn) -> list[str]:
 
 @PROPERTY_SETTINGS
 @given(texts=long_corpora(), threshold=st.sampled_from([0.7, 0.5, 0.85]), seeds=st.integers(0, 5))
-def test_numpy_postings_reorders_and_tail_keep_decisions_exact(texts: list[str], threshold: float, seeds: int,
-                                                               monkeypatch_module) -> None:
-    """With re-ordering and freezing every few items, every path of the index is taken on a small corpus."""
+def test_postings_and_reorders_keep_decisions_exact(texts: list[str], threshold: float, seeds: int,
+                                                     monkeypatch_module) -> None:
+    """With the index re-ordered at 8, 16, 32, ... items and its tail merged every few, every path of the index is
+    taken on a small corpus."""
     dedup = RougeDedup(threshold=threshold)
     dedup.add_seeds(texts[:seeds])
     assert_matches_reference(dedup, texts[:seeds], texts[seeds:], threshold)
@@ -166,12 +167,12 @@ def test_numpy_postings_reorders_and_tail_keep_decisions_exact(texts: list[str],
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("pipeline.dedup._FIRST_REORDER", 8)
-        patch.setattr("pipeline.dedup._MIN_TAIL", 3)
+        patch.setattr("pipeline.postings._MIN_TAIL", 3)
         yield patch
 
 
 def test_thousands_of_near_copies_decide_as_scoring_every_pair() -> None:
-    """At the default settings (numpy postings past the first re-order), decisions equal the exhaustive scorer's."""
+    """At the default settings (past the first re-order), decisions equal the exhaustive scorer's."""
     rng = np.random.default_rng(7)
     vocabulary = [f"t{i}" for i in range(300)]
     items: list[list[str]] = []
