@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,7 +40,8 @@ from pipeline.files import read_json_values, write_jsonl_atomic
 from pipeline.postings import Postings
 from pipeline.records import Drop, Record
 from pipeline.rouge import (
-    ALPACA_THRESHOLD, LengthPlan, least_lcs_above, least_lcs_for_any_length, length_plan, rouge_l_fmeasure, rouge_l_fmeasure_array,
+    ALPACA_THRESHOLD, LengthPlan, least_lcs_above, least_lcs_for_any_length, length_plan, rouge_l_best, rouge_l_fmeasure,
+    rouge_l_fmeasure_array,
 )
 from pipeline.text import get_tokenizer, is_mostly_hangul
 
@@ -106,6 +108,7 @@ class RougeDedup:
         self._texts: list[str] = []
         self._codes: list[str] = []  # token ids as code points, per indexed item
         self._lengths: list[int] = []
+        self._length_array = np.zeros(1024, dtype=np.int64)  # the same, with spare capacity
         self._plans: dict[int, LengthPlan] = {}
         self._place_cache: dict[int, tuple[int, int]] = {}
         self._probe_plans: dict[int, _ProbePlan | None] = {}
@@ -212,6 +215,9 @@ class RougeDedup:
         self._texts.append(text)
         self._codes.append(code)
         self._lengths.append(len(ids))
+        if len(self._lengths) > self._length_array.size:
+            self._length_array = np.concatenate([self._length_array, np.zeros(self._length_array.size, np.int64)])
+        self._length_array[len(self._lengths) - 1] = len(ids)
         doc_freq = self._doc_freq
         for token in set(ids):
             doc_freq[token] += 1
@@ -303,21 +309,20 @@ class RougeDedup:
             probe = self._probe_plans[n] = _ProbePlan.make(n, plan, self._places) if plan.lengths else None
         return probe
 
-    def _best_of(self, code: str, n: int, batch: list[int]) -> tuple[int | None, float]:
+    def _best_of(self, code: str, n: int, batch: np.ndarray) -> tuple[int | None, float]:
         """The most similar item of ``batch`` and its score (None and 0.0 when empty); the loops run in C."""
-        if not batch:
+        if not batch.size:
             return None, 0.0
-        if len(batch) < _VECTOR_BATCH:
-            commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, batch))
-            scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, batch)))
+        items = batch.tolist()
+        if len(items) < _VECTOR_BATCH:
+            commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, items))
+            scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, items)))
             best = max(scores)
-            return batch[scores.index(best)], best
-        choices = list(map(self._codes.__getitem__, batch))
+            return items[scores.index(best)], best
+        choices = itemgetter(*items)(self._codes)
         lcs = process.cdist([code], choices, scorer=LCSseq.similarity, dtype=np.int32, workers=1)[0]
-        lengths = np.fromiter(map(self._lengths.__getitem__, batch), dtype=np.int64, count=len(batch))
-        scores = rouge_l_fmeasure_array(lcs, n, lengths)
-        position = int(np.argmax(scores))  # the first maximum, as list.index finds it
-        return batch[position], float(scores[position])
+        position, best = rouge_l_best(lcs, n, self._length_array[batch])  # the first maximum, as list.index finds it
+        return items[position], best
 
     def _plan(self, n: int) -> LengthPlan:
         plan = self._plans.get(n)

@@ -23,6 +23,7 @@ from numba import njit, typed, types
 _RAREST_FLAG = 1 << 24
 _BUCKET_BITS = 24  # a frozen key is slot << _BUCKET_BITS | bucket
 _OCCURRENCE_SHIFT = 21  # an element is token | occurrence << 21 (token ids stay below 2**21)
+_NONE = np.zeros(0, dtype=np.int32)
 _MIN_TAIL = 1024  # items in the tail before it is merged into the frozen part
 _TAIL_FRACTION = 32  # ... or this share of the index, whichever is more
 
@@ -67,7 +68,7 @@ def _post(ids, count, order, slot_of, head, item_of, bucket_of, next_of, start, 
             bucket_of[entry] = length_bucket + 2
         next_of[entry] = head[slot]
         head[slot] = entry
-    return slots.shape[0]
+    return slots.shape[0], len(slot_of)
 
 
 @njit(cache=True, nogil=True)
@@ -179,10 +180,9 @@ class Postings:
             if index >= self._hits.size:
                 self._hits = np.concatenate([self._hits, np.zeros(max(index + 1, self._hits.size), dtype=np.int32)])
                 self._touched = np.zeros(self._hits.size, dtype=np.int32)
-            posted = _post(np.asarray(ids, dtype=np.int64), count, order, self._slot_of, self._head, self._item_of,
+            posted, self._slots = _post(np.asarray(ids, dtype=np.int64), count, order, self._slot_of, self._head, self._item_of,
                            self._bucket_of, self._next_of, start, index, length_bucket, shared_places, middle)
             self._tail_entries = start + posted
-            self._slots = len(self._slot_of)
         self._tail_items += 1
         if self._tail_items >= max(_MIN_TAIL, (index + 1) // _TAIL_FRACTION):
             self.freeze()
@@ -200,14 +200,14 @@ class Postings:
         self._tail_entries = self._tail_items = 0
 
     def candidates(self, ids: list[int], count: int, order: np.ndarray, low: int, width: int, high: np.ndarray,
-                   allowed: np.ndarray, shared: int) -> tuple[list[int], list[int]]:
+                   allowed: np.ndarray, shared: int) -> tuple[np.ndarray, np.ndarray]:
         """Of the items sharing elements with the first ``count`` elements of ``ids`` in ``order``: those found under
         the first element that finds any ("rarest"), and the others found under at least ``shared`` elements. At
         place ``b`` an entry counts iff its bucket is in ``low .. high[b]`` and ``allowed[b * width + bucket - low]``.
-        Both lists ascending."""
+        Both ascending, int32."""
         if count <= 0 or not ids or not len(self):
-            return [], []
+            return _NONE, _NONE
         rarest, others = _gather(np.asarray(ids, dtype=np.int64), count, order, self._slot_of, low, width, high, allowed,
                                  shared, self._keys, self._items, self._head, self._item_of, self._bucket_of,
                                  self._next_of, self._hits, self._touched)
-        return rarest.tolist(), others.tolist()
+        return rarest, others

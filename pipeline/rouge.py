@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 #: Stanford Alpaca's rule: drop an instruction whose ROUGE-L F-measure against a kept one exceeds 0.7.
 ALPACA_THRESHOLD = 0.7
@@ -29,6 +30,27 @@ def rouge_l_fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
     if precision + recall > 0:
         return 2 * precision * recall / (precision + recall)
     return 0.0
+
+
+@njit(cache=True, nogil=True)
+def rouge_l_best(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) -> tuple[int, float]:  # pragma: no cover - compiled
+    """The position and score of the first maximum of :func:`rouge_l_fmeasure` over pairs (-1 and 0.0 for none).
+
+    Compiled without fast-math, so each score is the same IEEE operations in the same order as rouge-score's.
+    """
+    best_position = -1
+    best = 0.0
+    for i in range(lcs.shape[0]):
+        length = prediction_lens[i]
+        score = 0.0
+        if target_len > 0 and length > 0:
+            precision = lcs[i] / length
+            recall = lcs[i] / target_len
+            if precision + recall > 0:
+                score = 2 * precision * recall / (precision + recall)
+        if best_position < 0 or score > best:
+            best_position, best = i, score
+    return best_position, best
 
 
 def rouge_l_fmeasure_array(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) -> np.ndarray:

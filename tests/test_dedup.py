@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer, scoring, tokenizers
 
 from pipeline.dedup import Decision, RougeDedup, ids_to_code, dedup_file, load_instructions
-from pipeline.rouge import rouge_l_fmeasure, rouge_l_fmeasure_array
+from pipeline.rouge import rouge_l_best, rouge_l_fmeasure, rouge_l_fmeasure_array
 from pipeline.text import tokenize_rouge
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
@@ -246,6 +246,13 @@ def test_score_helpers_equal_rouge_score() -> None:
     expected = [rouge_f(int(c), 7, int(m)) for c, m in zip(lcs, lengths)]
     assert rouge_l_fmeasure_array(lcs, 7, lengths).tolist() == expected
     assert rouge_l_fmeasure_array(lcs, 0, lengths).tolist() == [0.0] * len(lcs)
+    # The compiled best-of: the first maximum, score for score rouge-score's, on pairs rich in near-ties.
+    for _ in range(300):
+        n = int(rng.integers(0, 40))
+        lengths = rng.integers(0, 40, size=int(rng.integers(1, 60)))
+        lcs = np.array([int(rng.integers(0, min(int(m), n) + 1)) for m in lengths], dtype=np.int32)
+        scores = [rouge_f(int(c), n, int(m)) for c, m in zip(lcs, lengths)]
+        assert rouge_l_best(lcs, n, lengths) == (scores.index(max(scores)), max(scores))
 
 
 @settings(max_examples=300, deadline=None)
