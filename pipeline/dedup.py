@@ -26,6 +26,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
@@ -290,13 +291,17 @@ class RougeDedup:
         if probe is None:
             return None, 0.0
         # Both ascending: which of equal scores is reported must not depend on how the index is laid out.
-        rarest, others = self._postings.candidates(ids, probe.places, self._order,
-                                                   probe.low, probe.width, probe.high, probe.allowed, probe.shared)
+        find = partial(self._postings.candidates, ids, probe.places, self._order, probe.low, probe.width, probe.high,
+                       probe.allowed, probe.shared)
         # The rarest posted element's items first, not needed for exactness: a near-duplicate nearly always holds
-        # it, so most duplicates are rejected after a few LCS calls.
+        # it, so most duplicates are rejected after a few LCS calls, without looking up the other elements.
+        rarest, _ = find(rarest_only=True)
+        if not rarest.size:
+            return None, 0.0  # no element found anything
         similar_to, best = self._best_of(code, n, rarest)
         if best > self.threshold:
             return similar_to, best
+        _, others = find()
         other, other_best = self._best_of(code, n, others)
         if other_best > best:
             similar_to, best = other, other_best
