@@ -83,6 +83,18 @@ def _tail_keys(head, bucket_of, next_of, count):  # pragma: no cover - compiled
     return keys
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _count(item, place, rarest_place, found, hits, touched):  # pragma: no cover - compiled
+    """Count a hit of ``item`` at ``place``; the first place with a hit is the rarest. Returns both counters."""
+    if rarest_place < 0:
+        rarest_place = place
+    if hits[item] == 0:
+        touched[found] = item
+        found += 1
+    hits[item] += 1 + _RAREST_FLAG if place == rarest_place else 1
+    return rarest_place, found
+
+
 @njit(cache=True, nogil=True)
 def _gather(ids, count, order, slot_of, low, width, high, allowed, shared, keys, items, head, item_of, bucket_of,
             next_of, hits, touched, rarest_only):  # pragma: no cover - compiled
@@ -102,24 +114,12 @@ def _gather(ids, count, order, slot_of, low, width, high, allowed, shared, keys,
         for position in range(first, last):
             bucket = keys[position] & ((1 << _BUCKET_BITS) - 1)
             if allowed[row + bucket]:
-                item = items[position]
-                if rarest_place < 0:
-                    rarest_place = place
-                if hits[item] == 0:
-                    touched[found] = item
-                    found += 1
-                hits[item] += 1 + _RAREST_FLAG if place == rarest_place else 1
+                rarest_place, found = _count(items[position], place, rarest_place, found, hits, touched)
         entry = head[slot] if slot < head.shape[0] else -1
         while entry >= 0:
             bucket = bucket_of[entry]
             if low <= bucket <= top and allowed[row + bucket]:
-                item = item_of[entry]
-                if rarest_place < 0:
-                    rarest_place = place
-                if hits[item] == 0:
-                    touched[found] = item
-                    found += 1
-                hits[item] += 1 + _RAREST_FLAG if place == rarest_place else 1
+                rarest_place, found = _count(item_of[entry], place, rarest_place, found, hits, touched)
             entry = next_of[entry]
     rarest = np.empty(found, np.int32)
     others = np.empty(found, np.int32)
