@@ -38,7 +38,7 @@ from rapidfuzz.distance import LCSseq
 
 from pipeline.curation import Step
 from pipeline.files import read_json_values, write_jsonl_atomic
-from pipeline.postings import Postings
+from pipeline.postings import Postings, grown
 from pipeline.records import Drop, Record
 from pipeline.rouge import (
     ALPACA_THRESHOLD, LengthPlan, least_lcs_above, least_lcs_for_any_length, length_plan, rouge_l_best, rouge_l_fmeasure,
@@ -108,8 +108,7 @@ class RougeDedup:
         self._postings = Postings()
         self._texts: list[str] = []
         self._codes: list[str] = []  # token ids as code points, per indexed item
-        self._lengths: list[int] = []
-        self._length_array = np.zeros(1024, dtype=np.int64)  # the same, with spare capacity
+        self._lengths = np.zeros(1024, dtype=np.int64)  # token count per indexed item (capacity: see lengths)
         self._plans: dict[int, LengthPlan] = {}
         self._place_cache: dict[int, tuple[int, int]] = {}
         self._probe_plans: dict[int, _ProbePlan | None] = {}
@@ -131,6 +130,11 @@ class RougeDedup:
     def texts(self) -> Sequence[str]:
         """Indexed texts (seeds first, then kept texts), positioned as :attr:`Decision.similar_to` counts them."""
         return self._texts
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token counts of the indexed texts, as :attr:`texts` orders them (a view)."""
+        return self._lengths[: len(self._texts)]
 
     def add_seeds(self, texts: Iterable[str]) -> None:
         """Index ``texts`` unconditionally: seeds are always kept, even when they resemble each other.
@@ -162,7 +166,7 @@ class RougeDedup:
         self._checked = (text, code, ids)
         if self.top_k:
             lcs = lcs_matrix([code], self._codes)[0] if self._codes else np.zeros(0, dtype=np.int32)
-            return self._decide(rouge_l_fmeasure_array(lcs, len(ids), np.asarray(self._lengths, dtype=np.int64)))
+            return self._decide(rouge_l_fmeasure_array(lcs, len(ids), self.lengths))
         similar_to, score = self._find_match(code, ids)
         return Decision(kept=similar_to is None, score=score, similar_to=similar_to)
 
@@ -204,8 +208,7 @@ class RougeDedup:
             known = len(self._tie_break)
             new_tokens = list(vocab)[known:] if len(vocab) - known > 64 else \
                 [token for token in dict.fromkeys(tokens) if vocab[token] >= known]
-            if len(vocab) > self._order.size:
-                self._order = np.concatenate([self._order, np.zeros(max(len(vocab), self._order.size), np.int64)])
+            self._order = grown(self._order, len(vocab))
             for token in new_tokens:
                 key = _token_key(token)
                 self._order[vocab[token]] = -1 - key
@@ -215,10 +218,8 @@ class RougeDedup:
     def _index(self, text: str, code: str, ids: list[int]) -> None:
         self._texts.append(text)
         self._codes.append(code)
-        self._lengths.append(len(ids))
-        if len(self._lengths) > self._length_array.size:
-            self._length_array = np.concatenate([self._length_array, np.zeros(self._length_array.size, np.int64)])
-        self._length_array[len(self._lengths) - 1] = len(ids)
+        self._lengths = grown(self._lengths, len(self._texts))
+        self._lengths[len(self._texts) - 1] = len(ids)
         doc_freq = self._doc_freq
         for token in set(ids):
             doc_freq[token] += 1
@@ -321,12 +322,12 @@ class RougeDedup:
         items = batch.tolist()
         if len(items) < _VECTOR_BATCH:
             commons = map(LCSseq.similarity, repeat(code), map(self._codes.__getitem__, items))
-            scores = list(map(rouge_l_fmeasure, commons, repeat(n), map(self._lengths.__getitem__, items)))
+            scores = list(map(rouge_l_fmeasure, commons, repeat(n), self._lengths[batch].tolist()))
             best = max(scores)
             return items[scores.index(best)], best
         choices = itemgetter(*items)(self._codes)
         lcs = process.cdist([code], choices, scorer=LCSseq.similarity, dtype=np.int32, workers=1)[0]
-        position, best = rouge_l_best(lcs, n, self._length_array[batch])  # the first maximum, as list.index finds it
+        position, best = rouge_l_best(lcs, n, self._lengths[batch])  # the first maximum, as list.index finds it
         return items[position], best
 
     def _plan(self, n: int) -> LengthPlan:
@@ -341,7 +342,7 @@ class RougeDedup:
         """Score each text against every indexed item, with the LCS matrices of the chunk computed in two C++ calls."""
         encoded = [self._encode(text) for text in texts]
         codes = [code for code, _ in encoded]
-        old_lengths = np.asarray(self._lengths, dtype=np.int64)
+        old_lengths = self.lengths
         vs_indexed = lcs_matrix(codes, self._codes)
         vs_chunk = lcs_matrix(codes, codes)
         kept_in_chunk: list[int] = []

@@ -106,7 +106,9 @@ class LLMClient:
                         timeout=timeout,
                         # openai's own limits, but idle connections dropped before the server drops them
                         limits=httpx.Limits(
-                            max_connections=1000, max_keepalive_connections=100, keepalive_expiry=config.keepalive_expiry_s
+                            max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+                            max_keepalive_connections=openai.DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+                            keepalive_expiry=config.keepalive_expiry_s,
                         ),
                     ),
                 ),

@@ -28,6 +28,13 @@ _MIN_TAIL = 1024  # items in the tail before it is merged into the frozen part
 _TAIL_FRACTION = 32  # ... or this share of the index, whichever is more
 
 
+def grown(array: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+    """``array`` itself if it holds ``size`` entries, else a copy at least doubled, the new entries ``fill``."""
+    if size <= array.size:
+        return array
+    return np.concatenate([array, np.full(max(size - array.size, array.size), fill, dtype=array.dtype)])
+
+
 @njit(cache=True, nogil=True)
 def _prefix_slots(ids, count, order, slot_of, create):  # pragma: no cover - compiled
     """The slots of the first ``count`` elements of ``ids`` in ``order``; unknown elements get a new slot if
@@ -143,7 +150,7 @@ class Postings:
 
     def __init__(self) -> None:
         self._slot_of = typed.Dict.empty(types.int64, types.int64)  # element -> its list's number ("slot")
-        self._slots = 0
+        self._slots = 0  # len(self._slot_of), which costs microseconds to ask from Python
         self._keys = np.zeros(0, dtype=np.int64)  # frozen: slot << _BUCKET_BITS | bucket, ascending
         self._items = np.zeros(0, dtype=np.int32)
         self._head = np.full(1024, -1, dtype=np.int64)  # tail: the newest entry by slot
@@ -171,19 +178,16 @@ class Postings:
         Items are posted in increasing ``index``."""
         if count > 0 and ids:
             # Room for the worst case: every element new, every one posted.
-            if self._slots + len(ids) > self._head.size:
-                self._head = np.concatenate([self._head, np.full(max(len(ids), self._head.size), -1, np.int64)])
+            self._head = grown(self._head, self._slots + len(ids), fill=-1)
             start = self._tail_entries
-            if start + len(ids) > self._item_of.size:
-                grow = max(self._item_of.size, len(ids))
-                self._item_of = np.concatenate([self._item_of, np.zeros(grow, dtype=np.int32)])
-                self._bucket_of = np.concatenate([self._bucket_of, np.zeros(grow, dtype=np.int32)])
-                self._next_of = np.concatenate([self._next_of, np.zeros(grow, dtype=np.int64)])
-            if index >= self._hits.size:
-                self._hits = np.concatenate([self._hits, np.zeros(max(index + 1, self._hits.size), dtype=np.int32)])
-                self._touched = np.zeros(self._hits.size, dtype=np.int32)
-            posted, self._slots = _post(np.asarray(ids, dtype=np.int64), count, order, self._slot_of, self._head, self._item_of,
-                           self._bucket_of, self._next_of, start, index, length_bucket, shared_places, middle)
+            self._item_of = grown(self._item_of, start + len(ids))
+            self._bucket_of = grown(self._bucket_of, start + len(ids))
+            self._next_of = grown(self._next_of, start + len(ids))
+            self._hits = grown(self._hits, index + 1)
+            self._touched = grown(self._touched, index + 1)
+            posted, self._slots = _post(np.asarray(ids, dtype=np.int64), count, order, self._slot_of, self._head,
+                                        self._item_of, self._bucket_of, self._next_of, start, index, length_bucket,
+                                        shared_places, middle)
             self._tail_entries = start + posted
         self._tail_items += 1
         if self._tail_items >= max(_MIN_TAIL, (index + 1) // _TAIL_FRACTION):

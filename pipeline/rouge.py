@@ -32,6 +32,9 @@ def rouge_l_fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
     return 0.0
 
 
+_compiled_fmeasure = njit(cache=True, nogil=True, inline="always")(rouge_l_fmeasure)
+
+
 @njit(cache=True, nogil=True)
 def rouge_l_best(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) -> tuple[int, float]:  # pragma: no cover - compiled
     """The position and score of the first maximum of :func:`rouge_l_fmeasure` over pairs (-1 and 0.0 for none).
@@ -41,13 +44,7 @@ def rouge_l_best(lcs: np.ndarray, target_len: int, prediction_lens: np.ndarray) 
     best_position = -1
     best = 0.0
     for i in range(lcs.shape[0]):
-        length = prediction_lens[i]
-        score = 0.0
-        if target_len > 0 and length > 0:
-            precision = lcs[i] / length
-            recall = lcs[i] / target_len
-            if precision + recall > 0:
-                score = 2 * precision * recall / (precision + recall)
+        score = _compiled_fmeasure(lcs[i], target_len, prediction_lens[i])
         if best_position < 0 or score > best:
             best_position, best = i, score
     return best_position, best
