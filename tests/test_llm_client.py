@@ -17,6 +17,7 @@ from pipeline.generate import GenerationRun
 from pipeline.lifecycle import run_rounds
 from pipeline.llm import LLMClient, LLMUnavailableError, RequestRejectedError
 from pipeline.server import free_port
+from tests.fault_proxy import CONNECTION_RESET, HANG, HTTP_503, TRUNCATED_BODY, FaultProxy
 
 OK_BODY = {
     "id": "c", "object": "chat.completion", "created": 0, "model": "fake",
@@ -28,8 +29,10 @@ OK_BODY = {
 class ScriptedServer:
     """Answers POSTs from a script of (status, headers); the last entry repeats. Counts requests."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str]]], keepalive_s: float | None = None):
+    def __init__(self, script: list[tuple[int, dict[str, str]]], keepalive_s: float | None = None,
+                 bodies: list[bytes | None] | None = None):
         self.script, self.requests, self.lock = list(script), 0, threading.Lock()
+        bodies = list(bodies or [])
         self.connections, self.dropped = 0, 0
         fake = self
 
@@ -56,9 +59,10 @@ class ScriptedServer:
                     return
                 with fake.lock:
                     status, headers = fake.script[min(fake.requests, len(fake.script) - 1)]
+                    scripted_body = bodies[fake.requests] if fake.requests < len(bodies) else None
                     fake.requests += 1
                 body = OK_BODY if status == 200 else {"error": {"message": f"scripted {status}", "code": status}}
-                data = json.dumps(body).encode()
+                data = scripted_body or json.dumps(body).encode()
                 self.send_response(status)
                 for key, value in {"Content-Type": "application/json", **headers}.items():
                     self.send_header(key, value)
@@ -172,13 +176,14 @@ def test_every_endpoint_down_probes_the_one_that_waited_longest_and_fails_after_
     assert len(sleeps) == 3 and all(delay <= config.backoff_max_s for delay in sleeps)
 
 
-@pytest.mark.parametrize("expiry, faults", [(None, {}), (5.0, {"connection_error": 1})], ids=["default", "httpx-5s"])
-def test_idle_connections_are_dropped_before_the_server_closes_them(expiry, faults, sleeps):
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("expiry, faults", [(None, {}), (5.0, {"connection_error": 1})], ids=["default", "5s-expiry"])
+def test_idle_connections_are_dropped_before_the_server_closes_them(expiry, faults, backend, sleeps):
     """A connection idle for nearly the server's keep-alive (vLLM/uvicorn: 5 s) may be closed by the server just as
     the next request goes out on it: that request fails with no answer. The client must stop reusing idle
     connections well before that. Scaled down here: the server's window opens at 1 s idle; the client waits 1.2 s.
     httpx's own 5 s expiry reuses the connection and loses the request (the contrast shows the server bites)."""
-    config = _config() if expiry is None else _config(keepalive_expiry_s=expiry)
+    config = _config(http_backend=backend) if expiry is None else _config(http_backend=backend, keepalive_expiry_s=expiry)
     if expiry is None:
         config = config.model_copy(update={"keepalive_expiry_s": config.keepalive_expiry_s / 4})  # 0.5 s, as 2 s is to 5 s
 
@@ -197,3 +202,23 @@ def test_idle_connections_are_dropped_before_the_server_closes_them(expiry, faul
     assert dict(client.stats.faults) == faults
     assert server.connections == 2 and server.dropped == len(faults)
     assert LLMConfig(model="m").keepalive_expiry_s < 5.0
+
+
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("fault, kind", [(CONNECTION_RESET, "connection_error"), (TRUNCATED_BODY, "connection_error"),
+                                         (HANG, "timeout"), (HTTP_503, "http_503")])
+def test_transport_faults_are_named_and_retried_on_either_backend(fault, kind, backend, sleeps):
+    """Each backend names a fault the same way in run.json: openai's aiohttp transport reports a reset connection as
+    a connect timeout, which must still count as a connection error (and a silent server as a timeout)."""
+    with ScriptedServer([(200, {})]) as server, FaultProxy(server.url, fault_rate=0.0, script=[fault], hang_seconds=30) as proxy:
+        started = time.monotonic()
+        completion, client = _complete(_config(http_backend=backend, request_timeout_s=1.0), [proxy.v1_url])
+    assert completion.text == OK_BODY["choices"][0]["message"]["content"] and completion.attempts == 2
+    assert dict(client.stats.faults) == {kind: 1} and proxy.counts[fault] == 1
+    assert time.monotonic() - started < 15  # the hang ends by the client's 1 s timeout, not the proxy's 30 s
+
+
+def test_malformed_body_is_a_bad_response_and_retried(sleeps):
+    with ScriptedServer([(200, {}), (200, {})], bodies=[b'{"choices": []}', None]) as server:
+        completion, client = _complete(_config(), [server.url])
+    assert completion.attempts == 2 and dict(client.stats.faults) == {"bad_response": 1}
