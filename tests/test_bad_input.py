@@ -376,10 +376,10 @@ def test_run_failing_part_way_resumes_with_the_same_command(cwd, capsys):
         code, out, err = run(capsys, *argv)
         assert code == 0, err
         assert out.splitlines()[0] == f"10 records (target reached) in {Path('out/r1')}"
-        # It resumed where it stopped: nothing before request 3 was asked for again (one request past 4 may have
-        # been sent ahead and cancelled when the target was reached).
+        # It resumed where it stopped: nothing before request 3 was asked for again (up to max_concurrency = 2
+        # requests past 4 may have been sent ahead, when 3 and 4 arrive together, and cancelled at the target).
         resumed = fake.indices(first_session)
-        assert min(resumed) == 3 and {3, 4} <= set(resumed) <= {3, 4, 5}, resumed
+        assert min(resumed) == 3 and {3, 4} <= set(resumed) <= {3, 4, 5, 6}, resumed
         final = (run_dir / "accepted.jsonl").read_bytes()
         assert final.startswith(kept) and len(final.splitlines()) == 10
         meta = json.loads((run_dir / "run.json").read_text())

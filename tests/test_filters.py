@@ -104,11 +104,13 @@ def test_blacklist_ignores_blank_words():
     "Name the muſic genre.", "Profile the mapping of this remap.", "Explain the graphing of goto statements.",
     "지도를 보고 길을 설명하세요.", "이 image를 설명하세요.", "다음 문장을 요약하세요.", "Summarise: no banned word here.",
     "Paint a picture-perfect scene.", "Describe diagrams", "",
+    "Describe your ärger calmly.", "Describe your Ärger calmly.",  # a non-Latin word matches case-sensitively
+    "Write an E-MAIL to Bob.", "Write an email to Bob.",  # a Latin word whose token is not one [a-z0-9] run
 ])
 def test_blacklist_gates_decide_as_the_word_patterns_alone(instruction):
-    """The substring gates before the regexes only skip searches that cannot match: the verdict, and the word it
-    names (the list's first match), are those of searching every word's pattern in order."""
-    f = BlacklistFilter(DEFAULT_BLACKLIST_KO + DEFAULT_BLACKLIST_EN + ["go to"])
+    """The one search for all words before the per-word regexes only skips searches that cannot match: the verdict,
+    and the word it names (the list's first match), are those of searching every word's pattern in order."""
+    f = BlacklistFilter(DEFAULT_BLACKLIST_KO + DEFAULT_BLACKLIST_EN + ["go to", "Ärger", "e-mail"])
     expected = next((word for word, pattern in f.patterns if pattern.search(instruction)), None)
     verdict = f.check(c(instruction))
     assert (verdict.detail if verdict else None) == expected
