@@ -11,9 +11,13 @@ For each target (accepted records; default 5,200 and 52,000) and each concurrenc
 
 * **ours**: ``pipeline.lifecycle.run_generation()`` (the CLI's generate path without the export) with the default
   curation chain and the run store in a temporary directory, in a fresh subprocess, so that its peak RSS is its own;
-* **bare**: ``openai.AsyncOpenAI`` firing the same requests (the same number as ours sent, the same prompts, seeds,
-  response_format and sampling parameters, as ``pipeline.llm.LLMClient`` sends them) with the same number in flight
-  (a semaphore), nothing else; also a fresh subprocess;
+* **bare**: ``openai.AsyncOpenAI`` as it comes (httpx transport, ``chat.completions.create``) firing the same requests
+  (the same number as ours sent, the same prompts, seeds, response_format and sampling parameters, as
+  ``pipeline.llm.LLMClient`` sends them) with the same number in flight (a semaphore), nothing else; also a fresh
+  subprocess. ``ours_over_bare`` is measured against it;
+* **bare (aiohttp)**: the same with openai's ``DefaultAioHttpClient``, the transport ours uses by default
+  (``llm.http_backend``): ``ours_over_bare_aiohttp`` says what the pipeline costs beyond a bare client on the same
+  transport;
 * **resume** (first concurrency, each target): a fresh process re-opens the finished run
   (``GenerationRun(config).open()``: lock, recover, fingerprint check, rebuild of every curation step's state), the
   point from which it could send its next request; the ROUGE-L index rebuild (``pipeline.chain._rouge``) is timed
@@ -94,10 +98,11 @@ def mode_ours(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _fire(base_url: str, requests: list[dict[str, Any]], concurrency: int) -> int:
+async def _fire(base_url: str, requests: list[dict[str, Any]], concurrency: int, transport: str) -> int:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120)
+    http_client = openai.DefaultAioHttpClient() if transport == "aiohttp" else None  # None: openai's default, httpx
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120, http_client=http_client)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(kwargs) -> int:
@@ -121,7 +126,7 @@ def mode_bare(args: argparse.Namespace) -> dict[str, Any]:
     requests = [request_kwargs(config, run.builder.render(i), run.response_format) for i in range(args.requests)]
     cpu = time.process_time()
     started = time.perf_counter()
-    chars = asyncio.run(_fire(args.base_url, requests, args.concurrency))
+    chars = asyncio.run(_fire(args.base_url, requests, args.concurrency, args.transport))
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 3), "requests": args.requests, "requests_per_s": round(args.requests / seconds, 1),
             "content_chars": chars, "cpu_s": round(time.process_time() - cpu, 2), "peak_rss_mib": peak_rss_mib()}
@@ -215,6 +220,9 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
                 bare = child("bare", client_cpus, base_url=base_url, target=target, concurrency=concurrency,
                              workdir=workdir, requests=ours["requests"])
                 say(f"{name}: bare {json.dumps(bare)}")
+                bare_aiohttp = child("bare", client_cpus, base_url=base_url, target=target, concurrency=concurrency,
+                                     workdir=workdir, requests=ours["requests"], transport="aiohttp")
+                say(f"{name}: bare (aiohttp) {json.dumps(bare_aiohttp)}")
                 entry = {
                     "target": target, "concurrency": concurrency, "requests": ours["requests"],
                     "candidates": ours["candidates"], "accepted": ours["accepted"],
@@ -223,6 +231,8 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
                     "ours_candidates_per_s": ours["candidates_per_s"],
                     "bare_candidates_per_s": round(ours["candidates"] / bare["seconds"], 1),
                     "ours_over_bare": round(bare["seconds"] / ours["seconds"], 3),
+                    "bare_aiohttp_s": bare_aiohttp["seconds"], "bare_aiohttp_requests_per_s": bare_aiohttp["requests_per_s"],
+                    "ours_over_bare_aiohttp": round(bare_aiohttp["seconds"] / ours["seconds"], 3),
                     "ours_seconds_per_request": round(ours["seconds"] / ours["requests"], 6),
                     "ours_peak_rss_mib": ours["peak_rss_mib"], "ours_cpu_s": ours["cpu_s"], "bare_cpu_s": bare["cpu_s"],
                     "loop_consume_s": ours["loop_consume_s"], "loop_commit_s": ours["loop_commit_s"],
@@ -242,6 +252,7 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
         summary[f"{key}_ours_over_bare"] = entry["ours_over_bare"]
         summary[f"{key}_ours_rps"] = entry["ours_requests_per_s"]
         summary[f"{key}_bare_rps"] = entry["bare_requests_per_s"]
+        summary[f"{key}_ours_over_bare_aiohttp"] = entry["ours_over_bare_aiohttp"]
         summary[f"{key}_ours_cps"] = entry["ours_candidates_per_s"]
         summary[f"{key}_peak_rss_mib"] = entry["ours_peak_rss_mib"]
     if len(targets) > 1:
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--workdir", required=True)
         p.add_argument("--run-name", default="ours")
         p.add_argument("--requests", type=int, default=0)
+        p.add_argument("--transport", choices=("httpx", "aiohttp"), default="httpx", help="bare: the openai client's HTTP transport")
     parser.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH_DIR)
     parser.add_argument("--targets", default="5200,52000", help="accepted-record targets, comma-separated")
     parser.add_argument("--concurrency", default="64,256", help="requests in flight, comma-separated")
