@@ -81,7 +81,8 @@ class Outcome:
 
 @dataclass
 class LoopTimings:
-    """Event-loop time this session spent consuming (parse, filters, dedup, append) and committing (fsync)."""
+    """Event-loop time this session spent consuming (parse, filters, dedup, append) and committing (the fsyncs of
+    the commits made during a round run in a worker thread, outside this time)."""
 
     consume_s: float = 0.0
     consumes: int = 0
@@ -133,6 +134,7 @@ class GenerationRun:
         self._base_endpoints: list[dict[str, Any]] = []
         self._generation_seconds = 0.0
         self._last_commit = 0.0
+        self._committing: asyncio.Future | None = None  # a background commit's fsyncs and run.json write
         self._consecutive_request_errors = 0
         #: Where the loop's own time goes, over every round of this session (the benchmark reports it).
         self.loop = LoopTimings()
@@ -322,13 +324,16 @@ class GenerationRun:
                     # right away, and let those requests start before consuming on.
                     if fill():
                         await asyncio.sleep(0)
-                    if time.monotonic() - self._last_commit >= cfg.commit_interval_s:
-                        self._commit(client, judge_client)
+                    if time.monotonic() - self._last_commit >= cfg.commit_interval_s and self._commit_settled():
+                        self._commit(client, judge_client, background=True)
         finally:
             for task in [*pending, *judging]:
                 task.cancel()
             if pending or judging:
                 await asyncio.gather(*pending, *judging, return_exceptions=True)
+            committing, self._committing = self._committing, None
+            if committing is not None:
+                await committing  # its error, if any, is the round's
             self._commit(client, judge_client)
         return RoundResult(self.next_index, self.counts.accepted, self.finished, self.stop_reason)
 
@@ -413,7 +418,20 @@ class GenerationRun:
         if self.on_progress is not None:
             self.on_progress(self.counts)
 
-    def _commit(self, client: LLMClient, judge_client: LLMClient | None = None) -> None:
+    def _commit_settled(self) -> bool:
+        """True when no background commit is running (one that failed raises its error here)."""
+        committing = self._committing
+        if committing is None:
+            return True
+        if not committing.done():
+            return False
+        self._committing = None
+        committing.result()
+        return True
+
+    def _commit(self, client: LLMClient, judge_client: LLMClient | None = None, background: bool = False) -> None:
+        """Commit the run so far. ``background``: the fsyncs and the run.json write go to a worker thread, so a slow
+        disk does not hold up requests; the commit point moves once they are done (one such commit at a time)."""
         started = time.perf_counter()
         now = time.monotonic()
         self._generation_seconds += now - self._last_commit
@@ -439,7 +457,7 @@ class GenerationRun:
                 "completion_tokens": usage["judge_completion_tokens"],
                 "tokens_per_accepted": round(spent / self.counts.accepted, 1) if self.counts.accepted else None,
             }
-        self.store.commit(
+        committed = self.store.prepare_commit(
             self.next_index,
             counts={
                 "accepted": self.counts.accepted, "requests": self.counts.requests, "candidates": self.counts.candidates,
@@ -455,6 +473,10 @@ class GenerationRun:
             endpoints=_merge_endpoints(self._base_endpoints, client.endpoint_summary()),
             **extra,
         )
+        if background:
+            self._committing = asyncio.get_running_loop().run_in_executor(None, self.store.write_commit, committed)
+        else:
+            self.store.write_commit(committed)
         self.loop.commit_s += time.perf_counter() - started
         self.loop.commits += 1
 

@@ -146,9 +146,14 @@ class RunStore:
 
     def commit(self, next_request_index: int, **sections: Any) -> None:
         """fsync both record files, then atomically record their lengths and the resume point in run.json."""
+        self.write_commit(self.prepare_commit(next_request_index, **sections))
+
+    def prepare_commit(self, next_request_index: int, **sections: Any) -> dict[str, Any]:
+        """The first half of :meth:`commit`: hand both files' buffers to the OS and fold ``sections`` and the new
+        commit point (the files' lengths now, ``next_request_index``) into :attr:`meta`. Returns the ``run.json``
+        to write once those bytes are durable (:meth:`write_commit`); until then the old commit point stands."""
         for f in (self._accepted, self._rejected):
             f.flush()
-            os.fsync(f.fileno())
         self.meta.update(copy.deepcopy(sections))
         self.meta["progress"] = {
             **self.meta.get("progress", {}),
@@ -156,7 +161,17 @@ class RunStore:
             "accepted_bytes": self._accepted.tell(),
             "rejected_bytes": self._rejected.tell(),
         }
-        write_json_atomic(self.run_dir / RUN_JSON, self.meta)
+        return copy.deepcopy(self.meta)
+
+    def write_commit(self, meta: dict[str, Any]) -> None:
+        """The second half of :meth:`commit`: fsync both files, then atomically replace run.json with ``meta``.
+
+        Safe in a worker thread while records go on being appended: bytes appended after :meth:`prepare_commit`
+        lie past the lengths ``meta`` records, where a resume cuts them off. One at a time, and finished before
+        the store closes."""
+        for f in (self._accepted, self._rejected):
+            os.fsync(f.fileno())
+        write_json_atomic(self.run_dir / RUN_JSON, meta)
 
     def update_meta(self, **sections: Any) -> None:
         """Rewrite run.json sections without moving the commit point (status, errors, exports)."""

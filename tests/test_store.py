@@ -290,3 +290,62 @@ def test_buffered_appends_are_on_disk_at_each_commit_and_a_kill_keeps_the_last_c
         store.append([{"instruction": "accepted 3"}], [])
         store.commit(4)
     assert [r["instruction"] for r in read_jsonl(tmp_path / ACCEPTED)][-1] == "accepted 3"
+
+
+def test_prepared_commit_moves_the_commit_point_only_when_written(tmp_path):
+    """prepare_commit fixes the lengths and run.json content; appends after it lie past them and are cut on reopen
+    unless a later commit covers them; run.json changes only at write_commit."""
+    store = RunStore(tmp_path / "r")
+    store.open()
+    store.append([A1], [R1])
+    prepared = store.prepare_commit(1, counts={"accepted": 1})
+    store.append([A2], [])  # arrives while the prepared commit is being written
+    assert not (tmp_path / "r" / RUN_JSON).exists()
+    store.write_commit(prepared)
+    store.close()
+    store = RunStore(tmp_path / "r")
+    meta = store.open()
+    store.close()
+    assert meta["progress"]["next_request_index"] == 1 and meta["counts"] == {"accepted": 1}
+    assert list(read_jsonl(tmp_path / "r" / ACCEPTED)) == [A1]
+
+
+def test_a_slow_disk_does_not_hold_up_requests(tmp_path, monkeypatch):
+    """The commits made during a round fsync in a worker thread: with every fsync taking 0.1 s, requests go on being
+    consumed while one runs, and the run still ends committed with every record on disk."""
+    import threading
+    import time
+
+    from pipeline.generate import GenerationRun
+    from pipeline.lifecycle import run_rounds
+    from tests.test_run_paths import ScriptedOpenAI, fresh_tasks, make_config, read_meta, structured
+
+    real_fsync = os.fsync
+    progress_during_background_fsyncs: list[int] = []
+    holder: dict[str, GenerationRun] = {}
+
+    def slow_fsync(fd):
+        before = holder["run"].counts.requests if "run" in holder else 0
+        time.sleep(0.1)
+        real_fsync(fd)
+        if threading.current_thread() is not threading.main_thread():
+            progress_during_background_fsyncs.append(holder["run"].counts.requests - before)
+
+    def answer(index, attempt):
+        time.sleep(0.01)
+        return structured(fresh_tasks(index))
+
+    with ScriptedOpenAI(answer) as fake:
+        config = make_config(tmp_path, fake.base_url, "slow-disk", target=120, max_requests=200, commit_interval_s=0.05)
+        run = holder["run"] = GenerationRun(config).open()
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        try:
+            result = run_rounds(run, [fake.base_url], None, None)
+        finally:
+            run.close()
+    assert result.accepted == 120 and progress_during_background_fsyncs
+    assert sum(progress_during_background_fsyncs) > 0  # the loop went on while the disk was busy
+    meta = read_meta(config.run_dir)
+    assert meta["progress"]["next_request_index"] == 60 and meta["counts"]["accepted"] == 120
+    assert meta["progress"]["accepted_bytes"] == (config.run_dir / ACCEPTED).stat().st_size
+    assert len(list(read_jsonl(config.run_dir / ACCEPTED))) == 120
