@@ -160,7 +160,7 @@ def make_config(args: argparse.Namespace, base_url: str, model: str, workdir: Pa
     llm = LLMConfig(
         base_urls=[base_url], model=model, max_concurrency=args.concurrency, max_tokens=args.max_tokens,
         request_timeout_s=args.request_timeout, json_string_pattern=args.json_string_pattern,
-        extra_body={"ignore_eos": True} if args.ignore_eos else {},
+        extra_body={"ignore_eos": True} if args.ignore_eos else {}, http_backend=args.http_backend,
     )
     return GenerationConfig(
         run_name=run_name, output_dir=str(workdir / "runs"), target=10_000_000, max_requests=args.requests,
@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ignore-eos", action="store_true", help="every request generates exactly --max-tokens (vLLM extra param)")
     parser.add_argument("--json-string-pattern", default=None, help="regex on JSON strings; default: the tiny-model pattern when this script starts the server")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http-backend", choices=("aiohttp", "httpx"), default="aiohttp",
+                        help="llm.http_backend of ours (raw and alpaca use the openai client as it comes: httpx)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--round-size", type=int, default=64, help="requests per round in the 'rounds' mode")
     parser.add_argument("--request-timeout", type=float, default=900.0)
