@@ -15,7 +15,7 @@ from typing import Iterable
 from pipeline.config import GenerationConfig
 from pipeline.curation import Step
 from pipeline.records import Drop, Record
-from pipeline.text import HANGUL_RE
+from pipeline.text import HANGUL_RE, tokenize_rouge
 
 
 class Filter(Step):
@@ -64,30 +64,32 @@ class BlacklistFilter(Filter):
                 pattern = re.compile(re.escape(word))
             self.patterns.append((word, pattern))
         # Gates before the regexes (most instructions hold none of the words). In an ASCII text a Latin word can only
-        # match where its first token is a whole [a-z0-9] run of the lowercased text (the pattern's lookarounds
-        # forbid a letter or digit on either side), so one set intersection rules out most words at once; a
-        # non-Latin word cannot occur in an ASCII text at all. Other texts take the substring gates. Whatever
-        # passes a gate is searched as before, word by word in list order, so the reported word is the same.
-        self._tokens = [tuple(word.lower().split()) if word.isascii() else None for word, _ in self.patterns]
-        self._firsts = [tokens[0] if tokens and _ALNUM_RUN.fullmatch(tokens[0]) else None for tokens in self._tokens]
+        # match where its first token is a whole [a-z0-9] run of the lowercased text, i.e. one of its ROUGE tokens
+        # (the pattern's lookarounds forbid a letter or digit on either side), so one set intersection rules out most
+        # words at once; a non-Latin word cannot occur in an ASCII text at all. Other texts take the substring gate
+        # for non-Latin words. Whatever passes a gate is searched word by word in list order, so the reported word is
+        # the first listed one that matches. By pattern: True for a Latin word, and its first token where that is
+        # one [a-z0-9] run (a word such as "e-mail" has none and is always searched).
+        self._latin = [word.isascii() for word, _ in self.patterns]
+        self._firsts = [_single_run(word.lower().split()[0]) if latin else None
+                        for (word, _), latin in zip(self.patterns, self._latin)]
         self._run_gated = {first for first in self._firsts if first is not None}
-        # True unless some Latin word has a first token with other characters (e.g. "e-mail"): that one is searched always.
-        self._run_gates_all = all(first is not None or tokens is None for first, tokens in zip(self._firsts, self._tokens))
+        self._run_gates_all = all(first is not None or not latin for first, latin in zip(self._firsts, self._latin))
 
     def check(self, record: Record) -> Drop | None:
         text = record.instruction
         if text.isascii():
-            runs = self._run_gated.intersection(_ALNUM_RUN.findall(text.lower()))
+            runs = self._run_gated.intersection(tokenize_rouge(text))
             if not runs and self._run_gates_all:
                 return None
-            for (word, pattern), tokens, first in zip(self.patterns, self._tokens, self._firsts):
-                if tokens is None or (first is not None and first not in runs):
+            for (word, pattern), latin, first in zip(self.patterns, self._latin, self._firsts):
+                if not latin or (first is not None and first not in runs):
                     continue
                 if pattern.search(text):
                     return Drop("blacklist", word)
             return None
-        for (word, pattern), tokens in zip(self.patterns, self._tokens):
-            if tokens is None:
+        for (word, pattern), latin in zip(self.patterns, self._latin):
+            if not latin:
                 if word in text:
                     return Drop("blacklist", word)
             elif pattern.search(text):
@@ -95,7 +97,9 @@ class BlacklistFilter(Filter):
         return None
 
 
-_ALNUM_RUN = re.compile(r"[a-z0-9]+")
+def _single_run(token: str) -> str | None:
+    """``token`` if it is one whole [a-z0-9] run (its own only ROUGE token), else None."""
+    return token if tokenize_rouge(token) == [token] else None
 
 
 class ProgramOpeningFilter(Filter):
